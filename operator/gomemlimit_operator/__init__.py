@@ -1,0 +1,3 @@
+"""gomemlimit-operator: safe GOMEMLIMIT for every Go container in a Kubernetes cluster."""
+
+__version__ = "0.1.0"
