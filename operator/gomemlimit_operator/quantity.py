@@ -1,0 +1,58 @@
+"""Kubernetes resource quantities as exact whole bytes.
+
+The arithmetic is done by ``kubernetes.utils.parse_quantity`` (exact ``Decimal``);
+this module adds what it lacks: a strict grammar check (``Decimal`` alone would
+accept ``NaN``, ``1_000`` or surrounding spaces), enough precision for any
+suffix, and Kubernetes' rounding of fractional bytes up to the next byte.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, localcontext
+
+from kubernetes.utils import parse_quantity
+
+__all__ = ["MIB", "QuantityError", "parse_bytes"]
+
+MIB = 1 << 20
+
+# apimachinery's grammar: <sign><digits>[.<digits>]<suffix>, where the suffix is a
+# binary SI unit, a decimal SI unit or a decimal exponent (resource/quantity.go).
+_QUANTITY = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?"
+)
+
+
+class QuantityError(ValueError):
+    """A value that is not a valid, non-negative Kubernetes quantity."""
+
+
+def parse_bytes(value: object) -> int:
+    """Parse a Kubernetes quantity into whole bytes, rounding fractions up.
+
+    Accepts the strings and integers that appear in manifests (``"512Mi"``,
+    ``"1.5Gi"``, ``"1e9"``, ``1073741824``). Floats from YAML are read through
+    their shortest decimal form, never through binary arithmetic.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise QuantityError(f"expected a quantity such as 512Mi, got {value!r}")
+    text = value if isinstance(value, str) else _decimal_text(value)
+    if not _QUANTITY.fullmatch(text):
+        raise QuantityError(f"{text!r} is not a valid quantity (examples: 512Mi, 1Gi, 500M)")
+    with localcontext() as ctx:
+        ctx.prec = 200  # wider than any suffix times any int64 mantissa
+        amount: Decimal = parse_quantity(text)  # type: ignore[no-untyped-call]
+        if amount < 0:
+            raise QuantityError(f"{text!r} is negative")
+        return math.ceil(amount)
+
+
+def _decimal_text(value: int | float | Decimal) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QuantityError(f"{value!r} is not a valid quantity")
+    # repr() of a float is the shortest decimal that reads back as the same float,
+    # which is the decimal a person wrote in YAML or JSON.
+    return format(Decimal(repr(value)) if isinstance(value, float) else Decimal(value), "f")
