@@ -26,14 +26,20 @@ __all__ = [
     "ANNOTATION_SKIP",
     "FAILING_STATES",
     "NONCOMPLIANT_STATES",
+    "ContainerFacts",
     "ContainerReport",
     "MutationResult",
+    "PodFacts",
     "SpecError",
     "State",
+    "evaluate_container",
+    "evaluate_facts",
     "evaluate_pod",
     "expected_gomemlimit",
     "governing_policy",
+    "governs",
     "mutate_pod",
+    "pod_facts",
 ]
 
 ANNOTATION_INJECTED: Final = "gomemlimit.io/injected"
@@ -166,9 +172,7 @@ def _slots(spec: Mapping[str, Any], prefix: str) -> Iterator[_Slot]:
 
 
 def _governs(policy: Policy | None, slot: _Slot) -> bool:
-    if policy is None or (slot.init and not policy.spec.include_init_containers):
-        return False
-    return matches_globs(policy.spec.containers, slot.name)
+    return governs(policy, slot.name, slot.init)
 
 
 def _quantity_at(mapping: Mapping[str, Any], keys: tuple[str, ...], path: str) -> int | None:
@@ -253,6 +257,60 @@ def _opted_out(annotations: Mapping[str, Any]) -> bool:
     return str(annotations.get(ANNOTATION_SKIP, "")).lower() == "true"
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerFacts:
+    """What the engine reads from one container, independent of any policy.
+
+    Small, hashable and enough to reproduce :func:`evaluate_pod`'s verdict for
+    any policy: the pod watcher keeps these instead of pod objects and
+    re-evaluates from them when a policy changes.
+    """
+
+    name: str
+    init: bool
+    memory_limit_bytes: int | None
+    gomemlimit: str | None
+    """The GOMEMLIMIT Go will read, or None when unset or unknowable (see ``source``)."""
+    source: str | None
+    """None when GOMEMLIMIT is not set; else ``value`` or the valueFrom kind."""
+    injected: bool
+    """The value is a literal this project wrote (``gomemlimit.io/injected``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodFacts:
+    """The facts of a pod's containers (init containers first, in spec order)."""
+
+    opted_out: bool
+    containers: tuple[ContainerFacts, ...]
+
+
+def pod_facts(
+    metadata: Mapping[str, Any], spec: Mapping[str, Any], prefix: str = "spec"
+) -> PodFacts:
+    """Read every field the evaluation needs. Raises :class:`SpecError` on a bad quantity."""
+    annotations = metadata.get("annotations") or {}
+    injected = _injected(annotations)
+    return PodFacts(
+        _opted_out(annotations),
+        tuple(_container_facts(slot, spec, prefix, injected) for slot in _slots(spec, prefix)),
+    )
+
+
+def _container_facts(
+    slot: _Slot,
+    spec: Mapping[str, Any],
+    prefix: str,
+    injected: Mapping[str, Mapping[str, str]],
+) -> ContainerFacts:
+    limit = _limit(slot, spec, prefix)
+    env = _env(slot, GOMEMLIMIT, spec, prefix)
+    if env is None:
+        return ContainerFacts(slot.name, slot.init, limit, None, None, False)
+    ours = env.source == "value" and injected.get(slot.name, {}).get(GOMEMLIMIT) == env.text
+    return ContainerFacts(slot.name, slot.init, limit, env.text, env.source, ours)
+
+
 def evaluate_pod(
     metadata: Mapping[str, Any],
     spec: Mapping[str, Any],
@@ -260,42 +318,41 @@ def evaluate_pod(
     prefix: str = "spec",
 ) -> list[ContainerReport]:
     """One report per container (init containers first, in spec order)."""
-    annotations = metadata.get("annotations") or {}
-    injected = _injected(annotations)
+    return evaluate_facts(pod_facts(metadata, spec, prefix), policy)
+
+
+def evaluate_facts(facts: PodFacts, policy: Policy | None) -> list[ContainerReport]:
+    """:func:`evaluate_pod` from facts read earlier by :func:`pod_facts`."""
     return [
-        _evaluate(
-            slot, spec, prefix, policy if _governs(policy, slot) else None, annotations, injected
-        )
-        for slot in _slots(spec, prefix)
+        evaluate_container(container, policy, facts.opted_out) for container in facts.containers
     ]
 
 
-def _evaluate(
-    slot: _Slot,
-    spec: Mapping[str, Any],
-    prefix: str,
-    policy: Policy | None,
-    annotations: Mapping[str, Any],
-    injected: Mapping[str, Mapping[str, str]],
+def governs(policy: Policy | None, name: str, init: bool) -> bool:
+    """Whether the pod's governing policy applies to this container."""
+    if policy is None or (init and not policy.spec.include_init_containers):
+        return False
+    return matches_globs(policy.spec.containers, name)
+
+
+def evaluate_container(
+    facts: ContainerFacts, pod_policy: Policy | None, opted_out: bool
 ) -> ContainerReport:
-    limit = _limit(slot, spec, prefix)
-    env = _env(slot, GOMEMLIMIT, spec, prefix)
+    """The state of one container under the policy that governs its pod (or None)."""
+    policy = pod_policy if governs(pod_policy, facts.name, facts.init) else None
+    limit = facts.memory_limit_bytes
+    value, source, ours = facts.gomemlimit, facts.source, facts.injected
     expected = None
     if policy is not None and limit is not None:
         expected = expected_gomemlimit(limit, policy.spec)
-    ours = (
-        env is not None
-        and env.source == "value"
-        and injected.get(slot.name, {}).get(GOMEMLIMIT) == env.text
-    )
 
     def report(state: State, reason: str) -> ContainerReport:
         return ContainerReport(
-            container=slot.name,
-            init=slot.init,
+            container=facts.name,
+            init=facts.init,
             memory_limit_bytes=limit,
-            gomemlimit=None if env is None else env.text,
-            source=None if env is None else env.source,
+            gomemlimit=value,
+            source=source,
             injected=ours,
             expected=expected,
             state=state,
@@ -303,7 +360,6 @@ def _evaluate(
             reason=reason,
         )
 
-    value = None if env is None else env.text
     if value is not None and not is_no_limit(value):
         count = parse_byte_count(value)
         if count is None:
@@ -320,17 +376,17 @@ def _evaluate(
             )
     if policy is None:
         return report(State.UNMANAGED, "no policy governs this container")
-    if _opted_out(annotations):
+    if opted_out:
         return report(State.OPTED_OUT, f"the pod has {ANNOTATION_SKIP}=true")
     if limit is None:
         return report(State.NO_MEMORY_LIMIT, "no memory limit on the container or the pod")
-    if env is None or (value is not None and is_no_limit(value)):
+    if source is None or (value is not None and is_no_limit(value)):
         if expected is None:
             return report(State.COMPLIANT, "the limit is under the 1MiB a GOMEMLIMIT needs")
-        how = "is not set" if env is None else f"is {value!r}, which means no limit"
+        how = "is not set" if source is None else f"is {value!r}, which means no limit"
         return report(State.MISSING, f"GOMEMLIMIT {how}; expected {expected}")
     if value is None:
-        return report(State.UNVERIFIABLE, f"GOMEMLIMIT comes from {env.source}")
+        return report(State.UNVERIFIABLE, f"GOMEMLIMIT comes from {source}")
     if (ours or policy.spec.on_existing is OnExisting.OVERRIDE) and value != expected:
         whose = "injected" if ours else "set"
         return report(
@@ -395,7 +451,8 @@ def mutate_pod(
             changed |= written
 
     if record and (changed or record != before):
-        metadata.setdefault("annotations", {})
+        if metadata.get("annotations") is None:  # absent, or `annotations: null` in YAML
+            metadata["annotations"] = {}
         metadata["annotations"][ANNOTATION_INJECTED] = json.dumps(
             record, sort_keys=True, separators=(",", ":")
         )
@@ -415,7 +472,8 @@ def _write_env(slot: _Slot, var: str, value: str, ours: str | None, policy: Poli
             index = position
     wanted = {"name": var, "value": value}
     if index is None:
-        slot.container.setdefault("env", [])
+        if slot.container.get("env") is None:  # absent, or `env: null` in YAML
+            slot.container["env"] = []
         slot.container["env"].append(wanted)
         return True
     assert entries is not None
