@@ -221,6 +221,16 @@ class GoMemPolicySpec(_Model):
             raise ValueError('gogc must be "off" or an integer from 0 to 2147483647')
         return value
 
+    @field_validator("max_headroom")
+    @classmethod
+    def _max_headroom_positive(cls, value: str | int | None) -> str | int | None:
+        # No headroom at all would make GOMEMLIMIT equal to the limit (exceeds_limit).
+        if value is not None and parse_bytes(value) == 0:
+            raise ValueError(
+                "maxHeadroom must be greater than 0: GOMEMLIMIT must stay below the limit"
+            )
+        return value
+
     @model_validator(mode="after")
     def _headroom_bounds(self) -> GoMemPolicySpec:
         low, high = self.min_headroom_bytes, self.max_headroom_bytes
