@@ -191,7 +191,8 @@ def test_same_name_new_uid_is_a_different_pod(store: PodStore, registry: Registr
     store.forget("old")  # the old incarnation's DELETED may arrive after the new ADDED
     assert containers(store) == {("default", CLUSTER, State.MISSING): 1}
     record = store.get("new")
-    assert record is not None and record.name == "web-0"
+    assert record is not None
+    assert record.name == "web-0"
 
 
 def test_policy_create_change_delete_reevaluate_without_pod_events(
