@@ -1,0 +1,465 @@
+"""``gomemlimit operator``: composes the operator process and runs it on kopf.
+
+Composition (all in :func:`build_components`, one place to add handlers):
+
+* a shared :class:`registry.Registry`, filled by :mod:`policies` and read by :mod:`webhook`;
+* an explicit ``kopf.OperatorRegistry`` and ``kopf.OperatorSettings`` (no global state; no
+  ``kopf run``), run with ``standalone=True`` (no peering yet: the HA part adds it);
+* kopf's ``WebhookServer`` with an explicit host, port and certificate files (it reloads
+  changed files), never kopf's managed webhook mode;
+* the Prometheus ``/metrics`` server and the ``/healthz``, ``/readyz`` server;
+* background tasks: the policy LIST/resync, the status writer, and with ``--dev`` the
+  webhook configuration registration and its probe.
+
+kopf writes nothing onto pods: the only pod handler is the admission webhook, which answers
+requests and never calls the API. :func:`assert_pods_read_only` refuses to start if a
+handler that would write annotations or finalizers (on.create/update/resume/delete/field,
+timers, daemons) is ever registered for pods.
+
+SIGTERM or SIGINT stops kopf cleanly; the ``--dev`` configuration is deleted and the process
+exits 0. Bad flags exit 2; failures at start (no cluster credentials, a port in use) exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from . import __version__, certs, policies, webhook
+from .admission_metrics import AdmissionMetrics, default_metrics
+from .config import ConfigError, OperatorConfig, parse_config
+from .devwebhook import (
+    DevProbe,
+    DevWebhookRegistration,
+    build_webhook_configuration,
+    url_client_config,
+)
+from .health import HealthServer, Readiness, metrics_server
+from .policy_status import PolicyStatusWriter, kubernetes_status_patcher
+from .registry import Registry
+
+__all__ = [
+    "Components",
+    "assert_pods_read_only",
+    "build_components",
+    "build_settings",
+    "main",
+    "run",
+]
+
+logger = logging.getLogger("gomemlimit_operator")
+
+READY_WEBHOOK = "webhook"
+READY_POLICIES = "policy-index"
+READY_DEV = "dev-webhook-configuration"
+
+
+# -------------------------------------------------------------------------------------------
+# Kubernetes credentials
+# -------------------------------------------------------------------------------------------
+
+
+def load_kube_configuration(kubeconfig: Path | None) -> Any:
+    """A kubernetes.client.Configuration: --kubeconfig, else in-cluster, else $KUBECONFIG."""
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is not None:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+        return configuration
+    try:
+        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    return configuration
+
+
+def connection_info(configuration: Any) -> kopf.ConnectionInfo:
+    """The same credentials for kopf (mirrors kopf.login_via_client, for our Configuration)."""
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else tuple(parts)
+    )
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        default_namespace="default",  # where events about cluster-scoped policies go
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# kopf settings and registry
+# -------------------------------------------------------------------------------------------
+
+
+def build_settings(config: OperatorConfig, server: kopf.WebhookServer) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.enabled = True  # Warning events on invalid policies
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "gomemlimit-operator"
+    settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+    settings.posting.event_name_prefix = "gomemlimit-"
+    # Watches end server-side before the client gives up, so a dead connection is noticed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.chunk_size = 500
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.admission.server = server
+    settings.admission.managed = None  # never: the install declares the configuration
+    settings.peering.standalone = True
+    settings.execution.max_workers = 4  # all our handlers are async; kopf's own needs few
+    settings.process.ultimate_exiting_timeout = 20
+    return settings
+
+
+def assert_pods_read_only(kopf_registry: kopf.OperatorRegistry) -> None:
+    """Refuse handlers that would make kopf write annotations or finalizers onto pods."""
+    writers = [
+        *kopf_registry._changing.get_all_handlers(),
+        *kopf_registry._spawning.get_all_handlers(),
+    ]
+    for handler in writers:
+        selector = getattr(handler, "selector", None)
+        if selector is not None and getattr(selector, "plural", None) == "pods":
+            raise RuntimeError(
+                f"handler {handler.id!r} would write onto pods; watch pods only with "
+                "@kopf.on.event or @kopf.index"
+            )
+
+
+# -------------------------------------------------------------------------------------------
+# Composition
+# -------------------------------------------------------------------------------------------
+
+
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Components:
+    """Everything the operator process is made of; later parts hook in here."""
+
+    config: OperatorConfig
+    api_client: Any
+    registry: Registry
+    kopf_registry: kopf.OperatorRegistry
+    readiness: Readiness
+    index: policies.PolicyIndex
+    lister: policies.KubernetesLister
+    status_writer: PolicyStatusWriter
+    metrics: AdmissionMetrics
+    pod_webhook: webhook.PodWebhook
+    cert_file: Path
+    key_file: Path
+    ca_bundle: bytes | None
+    probe: DevProbe | None
+    background: list[BackgroundTask] = field(default_factory=list)
+    serving: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: Path) -> Components:
+    import kubernetes
+
+    api_client = kubernetes.client.ApiClient(kube_configuration)
+    registry = Registry()
+    kopf_registry = kopf.OperatorRegistry()
+    readiness = Readiness()
+    readiness.add(READY_WEBHOOK)
+    readiness.add(READY_POLICIES)
+
+    @kopf.on.login(registry=kopf_registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(kube_configuration)
+
+    status_writer = PolicyStatusWriter(
+        kubernetes_status_patcher(api_client), interval=config.status_interval_seconds
+    )
+    index = policies.PolicyIndex(registry, status_writer, watches=config.watches)
+    lister = policies.KubernetesLister(api_client, config.watch_namespaces)
+    policies.register(kopf_registry, index)
+
+    if config.dev:
+        host = _reachable(config.bind_host)
+        bundle = certs.generate([*certs.default_hosts(config.namespace), host, config.bind_host])
+        files = certs.write_files(bundle, cert_dir)
+        cert_file, key_file, ca_bundle = files.cert_file, files.key_file, bundle.ca_pem
+        probe: DevProbe | None = DevProbe()
+        readiness.add(READY_DEV)
+    else:
+        assert config.tls_cert_file is not None
+        assert config.tls_key_file is not None
+        cert_file, key_file, ca_bundle, probe = (
+            config.tls_cert_file,
+            config.tls_key_file,
+            None,
+            None,
+        )
+
+    metrics = default_metrics()
+    pod_webhook = webhook.PodWebhook(
+        registry,
+        exempt=config.exempt,
+        metrics=metrics,
+        ensure_namespace=policies.namespace_ensurer(index, lister),
+        probe=probe,
+    )
+    webhook.register(kopf_registry, pod_webhook)
+
+    components = Components(
+        config=config,
+        api_client=api_client,
+        registry=registry,
+        kopf_registry=kopf_registry,
+        readiness=readiness,
+        index=index,
+        lister=lister,
+        status_writer=status_writer,
+        metrics=metrics,
+        pod_webhook=pod_webhook,
+        cert_file=cert_file,
+        key_file=key_file,
+        ca_bundle=ca_bundle,
+        probe=probe,
+    )
+    components.background.append(
+        lambda: policies.load_and_resync(
+            index, lister, on_loaded=lambda: readiness.set(READY_POLICIES)
+        )
+    )
+    components.background.append(status_writer.run)
+    # Later parts (pod watcher, metrics, leader election) register here, e.g.
+    #   pods.register(components)
+    assert_pods_read_only(kopf_registry)
+    return components
+
+
+def _reachable(bind_host: str) -> str:
+    """The address the API server should use to reach a server bound to ``bind_host``."""
+    return (
+        "127.0.0.1"
+        if bind_host in ("0.0.0.0", "", "*")
+        else "::1"
+        if bind_host == "::"
+        else bind_host
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# --dev: the webhook configuration and its probe
+# -------------------------------------------------------------------------------------------
+
+
+def _probe_namespace(config: OperatorConfig) -> str | None:
+    candidates = ["default", *config.watch_namespaces]
+    for namespace in candidates:
+        if not config.exempt(namespace):
+            return namespace
+    return None
+
+
+async def _register_dev_webhook(
+    components: Components, registration_box: list[DevWebhookRegistration]
+) -> None:
+    import kubernetes
+
+    config = components.config
+    await components.serving.wait()
+    assert components.ca_bundle is not None
+    assert components.probe is not None
+    url = f"https://{_reachable(config.bind_host)}:{config.webhook_port}{webhook.WEBHOOK_PATH}"
+    body = build_webhook_configuration(
+        name=config.dev_webhook_name,
+        client_config=url_client_config(url, components.ca_bundle),
+        exempt_namespaces=config.exempt_namespaces,
+        only_namespaces=config.watch_namespaces,
+        timeout_seconds=config.webhook_timeout_seconds,
+        labels={"app.kubernetes.io/managed-by": "gomemlimit-operator-dev"},
+    )
+    registration = DevWebhookRegistration(
+        kubernetes.client.AdmissionregistrationV1Api(components.api_client), body
+    )
+    registration_box.append(registration)
+    attempt = 0
+    while not registration.registered:
+        try:
+            await asyncio.to_thread(registration.register)
+        except Exception as exc:
+            attempt += 1
+            logger.warning("Could not register the dev webhook configuration: %s", exc)
+            await asyncio.sleep(min(5.0, 0.5 * attempt))
+    logger.info("Dev webhook configuration %s points at %s.", registration.name, url)
+
+    probe_namespace = _probe_namespace(config)
+    if probe_namespace is None:
+        logger.warning("No namespace to probe the webhook from; not waiting for the API server.")
+        components.readiness.set(READY_DEV)
+        return
+    core = kubernetes.client.CoreV1Api(components.api_client)
+    started = asyncio.get_running_loop().time()
+    warned = 0.0
+    while not components.probe.confirmed:
+        try:
+            await asyncio.to_thread(components.probe.send, core, probe_namespace)
+        except Exception as exc:
+            logger.debug("Dev webhook probe failed: %s", exc)
+        if components.probe.confirmed:
+            break
+        waited = asyncio.get_running_loop().time() - started
+        if waited - warned > 10:
+            warned = waited
+            logger.warning("The API server has not called the webhook yet (%.0fs).", waited)
+        await asyncio.sleep(0.2 if waited < 10 else 2.0)
+    logger.info("The API server calls the webhook; ready.")
+    components.readiness.set(READY_DEV)
+
+
+# -------------------------------------------------------------------------------------------
+# Running
+# -------------------------------------------------------------------------------------------
+
+
+async def run(config: OperatorConfig) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stop_flag = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # until kopf installs its own handlers
+        loop.add_signal_handler(signum, stop_flag.set)
+
+    try:
+        kube_configuration = await asyncio.to_thread(load_kube_configuration, config.kubeconfig)
+    except Exception as exc:
+        logger.error("No Kubernetes credentials: %s", exc)
+        return 1
+
+    with tempfile.TemporaryDirectory(prefix="gomemlimit-operator-") as temp:
+        components = build_components(config, kube_configuration, Path(temp))
+
+        def on_serving(client_config: Mapping[str, Any]) -> None:
+            logger.info("Webhook serving on %s:%d.", config.bind_host, config.webhook_port)
+            components.readiness.set(READY_WEBHOOK)
+            components.serving.set()
+
+        server = webhook.ServingWebhookServer(
+            on_serving=on_serving,
+            addr=config.bind_host,
+            port=config.webhook_port,
+            host=_reachable(config.bind_host),
+            certfile=str(components.cert_file),
+            pkeyfile=str(components.key_file),
+            cadata=components.ca_bundle,
+            file_check_interval=10.0,
+        )
+        settings = build_settings(config, server)
+        registrations: list[DevWebhookRegistration] = []
+        health = HealthServer(components.readiness, config.bind_host, config.health_port)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            with metrics_server(config.bind_host, config.metrics_port):
+                await health.start()
+                tasks = [asyncio.create_task(factory()) for factory in components.background]
+                if config.dev:
+                    tasks.append(
+                        asyncio.create_task(_register_dev_webhook(components, registrations))
+                    )
+                logger.info(
+                    "gomemlimit-operator %s: webhook :%d, metrics :%d, health :%d on %s%s.",
+                    __version__,
+                    config.webhook_port,
+                    config.metrics_port,
+                    config.health_port,
+                    config.bind_host,
+                    " (dev)" if config.dev else "",
+                )
+                await kopf.operator(
+                    registry=components.kopf_registry,
+                    settings=settings,
+                    standalone=True,
+                    clusterwide=config.clusterwide,
+                    namespaces=list(config.watch_namespaces),
+                    stop_flag=stop_flag,
+                    memo=kopf.Memo(components=components),
+                )
+        except OSError as exc:
+            logger.error("Cannot start: %s", exc)
+            return 1
+        except Exception:
+            logger.exception("The operator failed.")
+            return 1
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):  # ignore repeats while cleaning up
+                loop.add_signal_handler(signum, lambda: None)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            for registration in registrations:
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(registration.remove), timeout=15)
+                except Exception as exc:
+                    logger.error("Could not delete %s: %s", registration.name, exc)
+            await health.stop()
+            components.api_client.close()
+    logger.info("Stopped.")
+    return 0
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    kopf.configure(
+        debug=config.log_level == "debug",
+        quiet=config.log_level in ("warning", "error"),
+        log_format=kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel(config.logging_level)
+    # One line per webhook request is too many; our handler logs what matters.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gomemlimit operator ARGS`` (argv without the subcommand)."""
+    try:
+        config = parse_config(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as exc:
+        print(f"gomemlimit operator: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    configure_logging(config)
+    try:
+        return asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
