@@ -412,7 +412,7 @@ def _cells(row: _Row) -> list[str]:
     elif report.gomemlimit is None:
         current = f"<{report.source}>"
     else:
-        current = f"{report.gomemlimit} (from {report.source})"
+        current = f"{report.gomemlimit} ({report.source})"
     return [
         row.pod.namespace,
         f"{row.pod.kind}/{row.pod.name}",
