@@ -303,9 +303,15 @@ class PodStore:
                 self._drop(old)
             self._insert(record)
 
-    def forget(self, uid: str) -> bool:
-        """A pod is gone (deleted, or finished). True if it was known."""
+    def forget(self, uid: str, *, listing_namespace: str | None = None) -> bool:
+        """A pod is gone (deleted, or finished). True if it was known.
+
+        ``listing_namespace``: the pod came from a listing (a finished pod, listed): it
+        still tells that a listing of that namespace's scope is in progress.
+        """
         with self._lock:
+            if listing_namespace is not None:
+                self._touch_scope(sys.intern(listing_namespace), True)
             record = self._pods.get(uid)
             if record is None:
                 return False

@@ -1,0 +1,184 @@
+"""Prometheus series of the pod compliance watcher, computed at scrape time.
+
+A custom collector reads the record store's aggregates at each scrape, so the series of a
+deleted pod, an emptied namespace or a removed policy are simply absent from the next scrape
+(labelled gauges would keep them until someone removed them). A scrape costs O(series): the
+store keeps its counts incrementally.
+
+Series (documented with example queries in docs/metrics.md):
+
+* ``gomemlimit_containers{namespace,policy,state}``: containers per state. Every container of
+  every watched pod is counted once; ``policy=""`` when no policy governs it (state
+  ``unmanaged``, or ``invalid``/``exceeds_limit``, which need no policy to be wrong).
+* ``gomemlimit_noncompliant_container_info{namespace,pod,container,policy,state}`` 1: one per
+  container in a state that needs action (:data:`~.engine.NONCOMPLIANT_STATES`). Its size
+  follows the problem, not the cluster; ``--no-noncompliant-info`` turns it off.
+* ``gomemlimit_policies{kind,ready}``: valid (ready="true") and invalid policies per kind.
+* ``gomemlimit_watched_pods``: pods in the store.
+* ``gomemlimit_watcher_synced``: 1 once the first pod listing finished.
+
+Those come from cluster state, which only the active replica (the kopf peering leader)
+watches; a paused replica omits them. Every replica exports:
+
+* ``gomemlimit_watcher_active``: 1 on the replica whose watches run.
+* ``gomemlimit_last_evaluation_timestamp_seconds``: end of the last full re-evaluation of
+  every stored pod (0 before the first). Stops advancing when the watcher stalls.
+* ``gomemlimit_watch_events_total{type}``: pod watch events handled, by type.
+* ``gomemlimit_reevaluated_pods_total``: pods re-evaluated from their records (policy
+  changes and full passes).
+* ``gomemlimit_build_info{version}`` 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from . import __version__
+from .api import POLICY_KINDS
+from .records import PodStore
+from .registry import Registry
+
+__all__ = ["EVENT_TYPES", "WatcherCollector", "register_collector"]
+
+EVENT_TYPES: Final = ("listed", "added", "modified", "deleted", "ignored", "error")
+
+
+class WatcherCollector:
+    """A prometheus_client collector over a :class:`PodStore` and the policy registry."""
+
+    def __init__(
+        self,
+        store: PodStore,
+        registry: Registry,
+        *,
+        noncompliant_info: bool = True,
+        is_active: Callable[[], bool] = lambda: True,
+        version: str = __version__,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.noncompliant_info = noncompliant_info
+        self.is_active = is_active
+        self.version = version
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples, so that registering does not run a collection."""
+        return self._families(active=True)
+
+    def _families(self, *, active: bool) -> list[Metric]:
+        families: list[Metric] = [
+            GaugeMetricFamily(
+                "gomemlimit_build_info", "The operator's version; always 1.", labels=["version"]
+            ),
+            GaugeMetricFamily(
+                "gomemlimit_watcher_active",
+                "1 on the replica whose watches run (the peering leader), else 0.",
+            ),
+            GaugeMetricFamily(
+                "gomemlimit_last_evaluation_timestamp_seconds",
+                "Unix time at which a re-evaluation of every watched pod last finished; "
+                "0 before the first.",
+            ),
+            CounterMetricFamily(
+                "gomemlimit_watch_events",
+                "Pod watch events handled, by type (listed: from a (re-)listing).",
+                labels=["type"],
+            ),
+            CounterMetricFamily(
+                "gomemlimit_reevaluated_pods",
+                "Pods re-evaluated from their records after policy changes and in full passes.",
+            ),
+        ]
+        if active:
+            families += [
+                GaugeMetricFamily(
+                    "gomemlimit_containers",
+                    "Containers of watched pods, by namespace, governing policy and state.",
+                    labels=["namespace", "policy", "state"],
+                ),
+                GaugeMetricFamily(
+                    "gomemlimit_watched_pods", "Pods the compliance watcher keeps a record of."
+                ),
+                GaugeMetricFamily(
+                    "gomemlimit_watcher_synced", "1 once the first pod listing finished, else 0."
+                ),
+                GaugeMetricFamily(
+                    "gomemlimit_policies",
+                    "GoMemPolicy and ClusterGoMemPolicy objects, by kind and validity.",
+                    labels=["kind", "ready"],
+                ),
+            ]
+            if self.noncompliant_info:
+                families.append(
+                    GaugeMetricFamily(
+                        "gomemlimit_noncompliant_container_info",
+                        "1 for each container in a state that needs action.",
+                        labels=["namespace", "pod", "container", "policy", "state"],
+                    )
+                )
+        return families
+
+    def collect(self) -> Iterable[Metric]:
+        active = self.is_active()
+        snapshot = self.store.snapshot(noncompliant=active and self.noncompliant_info)
+        families = {family.name: family for family in self._families(active=active)}
+
+        def gauge(name: str) -> GaugeMetricFamily:
+            family = families[name]
+            assert isinstance(family, GaugeMetricFamily)
+            return family
+
+        gauge("gomemlimit_build_info").add_metric([self.version], 1)
+        gauge("gomemlimit_watcher_active").add_metric([], 1 if active else 0)
+        gauge("gomemlimit_last_evaluation_timestamp_seconds").add_metric(
+            [], snapshot.last_full_evaluation or 0.0
+        )
+        events = families["gomemlimit_watch_events"]
+        assert isinstance(events, CounterMetricFamily)
+        for kind in sorted({*EVENT_TYPES, *snapshot.events}):
+            events.add_metric([kind], snapshot.events.get(kind, 0))
+        reevaluated = families["gomemlimit_reevaluated_pods"]
+        assert isinstance(reevaluated, CounterMetricFamily)
+        reevaluated.add_metric([], snapshot.reevaluated_pods)
+
+        if active:
+            containers = gauge("gomemlimit_containers")
+            for (namespace, policy, state), count in sorted(snapshot.containers.items()):
+                containers.add_metric([namespace, policy, state.value], count)
+            gauge("gomemlimit_watched_pods").add_metric([], snapshot.pods)
+            gauge("gomemlimit_watcher_synced").add_metric([], 1 if snapshot.synced else 0)
+            policies = gauge("gomemlimit_policies")
+            valid = [policy.kind for policy in self.registry.policies()]
+            invalid = [key.kind for key in self.registry.invalid()]
+            for kind in POLICY_KINDS:
+                policies.add_metric([kind, "true"], valid.count(kind))
+                policies.add_metric([kind, "false"], invalid.count(kind))
+            if self.noncompliant_info:
+                info = gauge("gomemlimit_noncompliant_container_info")
+                for item in snapshot.noncompliant:
+                    info.add_metric(
+                        [item.namespace, item.pod, item.container, item.policy, item.state.value],
+                        1,
+                    )
+        return list(families.values())
+
+
+def register_collector(
+    store: PodStore,
+    registry: Registry,
+    *,
+    noncompliant_info: bool = True,
+    is_active: Callable[[], bool] = lambda: True,
+    prometheus_registry: CollectorRegistry = REGISTRY,
+) -> WatcherCollector:
+    """Create the collector and register it (on prometheus_client's default registry)."""
+    collector = WatcherCollector(
+        store, registry, noncompliant_info=noncompliant_info, is_active=is_active
+    )
+    prometheus_registry.register(collector)
+    return collector
