@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from unit_helpers import container, env_value, policy
+from unit_helpers import VALUE_CONTRACT_CASES, container, env_value, policy
 
 from gomemlimit_operator.api import DEFAULT_POLICY, Policy
 from gomemlimit_operator.engine import (
@@ -63,24 +63,7 @@ def test_the_issue_example_512mi_at_0_9_is_460mib() -> None:
     assert expected_gomemlimit(512 * MI, DEFAULT_POLICY.spec) == "460MiB"
 
 
-@pytest.mark.parametrize(
-    ("limit", "spec", "expected"),
-    [
-        ("1Gi", {}, "921MiB"),  # floor(1024 * 0.9) = 921.6 -> 921
-        ("128Mi", {}, "115MiB"),
-        ("100Mi", {"ratio": 0.5}, "50MiB"),
-        ("1Gi", {"ratio": 0.75}, "768MiB"),
-        ("90Mi", {"ratio": 0.7}, "63MiB"),  # binary floats give 62MiB here
-        ("2Mi", {}, "1MiB"),
-        ("1Mi", {}, None),  # 0.9MiB rounds down to 0: nothing to inject
-        ("1048576", {"ratio": 0.999999}, None),
-        ("1", {}, None),
-        ("0", {}, None),
-        ("500M", {}, "429MiB"),  # 450,000,000 bytes = 429.15MiB
-        ("1.5Gi", {"ratio": 0.95}, "1459MiB"),
-        ("64Gi", {"ratio": 0.99}, "64880MiB"),
-    ],
-)
+@pytest.mark.parametrize(("limit", "spec", "expected"), VALUE_CONTRACT_CASES)
 def test_value_contract(limit: str, spec: dict[str, Any], expected: str | None) -> None:
     assert expect(limit, **spec) == expected
 

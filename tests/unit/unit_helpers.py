@@ -43,3 +43,31 @@ def container(
 
 def env_value(name: str, value: str) -> dict[str, Any]:
     return {"name": name, "value": value}
+
+
+VALUE_CONTRACT_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    # (memory limit, policy spec as written, expected GOMEMLIMIT). test_engine.py checks
+    # the engine gives these; test_go_runtime.py checks Go reads each as the same bytes.
+    ("512Mi", {}, "460MiB"),  # the example
+    ("1Gi", {}, "921MiB"),  # floor(1024 * 0.9) = 921.6 -> 921
+    ("128Mi", {}, "115MiB"),
+    ("100Mi", {"ratio": 0.5}, "50MiB"),
+    ("1Gi", {"ratio": 0.75}, "768MiB"),
+    ("90Mi", {"ratio": 0.7}, "63MiB"),  # binary floats give 62MiB here
+    ("2Mi", {}, "1MiB"),
+    ("1Mi", {}, None),  # 0.9MiB rounds down to 0: nothing to inject
+    ("1048576", {"ratio": 0.999999}, None),
+    ("1", {}, None),
+    ("0", {}, None),
+    ("500M", {}, "429MiB"),  # 450,000,000 bytes = 429.15MiB
+    ("1.5Gi", {"ratio": 0.95}, "1459MiB"),
+    ("64Gi", {"ratio": 0.99}, "64880MiB"),
+    ("256Mi", {"minHeadroom": "64Mi"}, "192MiB"),
+    ("4Gi", {"minHeadroom": "64Mi"}, "3686MiB"),
+    ("32Gi", {"maxHeadroom": "1Gi"}, "31744MiB"),
+    ("1Gi", {"minHeadroom": "100Mi", "maxHeadroom": "100Mi"}, "924MiB"),
+    ("512Mi", {"minHeadroom": "100M"}, "416MiB"),
+    ("2Mi", {"ratio": 0.5, "maxHeadroom": "0.5"}, "1MiB"),
+    ("64Mi", {"minHeadroom": "64Mi"}, None),
+    ("8Ti", {"ratio": 0.9999}, "8387769MiB"),
+]

@@ -1,0 +1,3 @@
+module gomemlimit.io/tests/goruntime
+
+go 1.21
