@@ -6,7 +6,8 @@ Installed as ``gomemlimit`` and as ``kubectl-gomemlimit`` (a kubectl plugin).
 
 Exit codes: 0 success; 1 ``audit`` found a container in a failing state;
 2 bad input or usage (the message names the file, the object and the field);
-3 an internal error (a bug: please report it).
+3 an internal error (a bug: please report it); 141 the reader of stdout went away
+(``| head``), as for any tool that SIGPIPE ends.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ EXIT_OK: Final = 0
 EXIT_FAILING: Final = 1
 EXIT_BAD_INPUT: Final = 2
 EXIT_INTERNAL: Final = 3
+EXIT_BROKEN_PIPE: Final = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
 
 _DESCRIPTION: Final = """\
 Set GOMEMLIMIT to a safe fraction of each Go container's memory limit.
@@ -65,7 +67,8 @@ Without any policy (no --policy and none among the manifests) an implicit
 ClusterGoMemPolicy with all defaults governs every container: GOMEMLIMIT is
 90% of the memory limit, rounded down to a whole MiB (512Mi -> 460MiB).
 
-exit codes: 0 ok, 1 audit found a failing container, 2 bad input, 3 internal error
+exit codes: 0 ok, 1 audit found a failing container, 2 bad input, 3 internal error,
+141 stdout closed early (e.g. `| head`)
 """
 
 _AUDIT_DESCRIPTION: Final = """\
@@ -131,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # complaining again when it flushes stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return EXIT_BROKEN_PIPE
     except Exception:
         print(f"{parser.prog}: internal error (a bug, please report it):", file=sys.stderr)
         traceback.print_exc()
