@@ -58,6 +58,8 @@ Scope = str | None
 _VERDICTS: Final[dict[Verdict, Verdict]] = {
     (state, governed): (state, governed) for state in State for governed in (False, True)
 }
+_VERDICT_TUPLES: dict[tuple[Verdict, ...], tuple[Verdict, ...]] = {}
+_MAX_VERDICT_TUPLES: Final = 4096
 _STATE_FIELDS: Final = frozenset(ContainerCounts.model_fields)
 
 H = TypeVar("H", bound=Hashable)
@@ -218,7 +220,10 @@ def verdicts(facts: PodFacts, policy: Policy | None) -> tuple[Verdict, ...]:
     for container in facts.containers:
         report = evaluate_container(container, policy, facts.opted_out)
         result.append(_VERDICTS[(report.state, report.policy is not None)])
-    return tuple(result)
+    verdict = tuple(result)
+    if len(_VERDICT_TUPLES) < _MAX_VERDICT_TUPLES:  # share the few common combinations
+        return _VERDICT_TUPLES.setdefault(verdict, verdict)
+    return _VERDICT_TUPLES.get(verdict, verdict)
 
 
 class PodStore:
@@ -415,8 +420,7 @@ class PodStore:
             evaluation = _Pass(self.registry)
             count = 0
             while self._pending and (budget is None or count < budget):
-                uid = next(iter(self._pending))
-                del self._pending[uid]
+                uid, _ = self._pending.popitem()  # O(1); deleting from the front is not
                 count += 1
                 record = self._pods.get(uid)
                 if record is None:

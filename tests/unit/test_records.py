@@ -298,7 +298,10 @@ def test_chunked_reevaluation(store: PodStore, registry: Registry, clock: Clock)
     assert store.reevaluate_pending(budget=4) == 6
     consistent(store)
     assert store.last_full_evaluation is None
-    assert store.forget("uid-default-p9")  # a pod deleted while queued
+    queued = [r for r in store.records() if r.policy is None]  # not re-evaluated yet
+    assert len(queued) == 6
+    assert store.forget(queued[0].uid)  # a pod deleted while queued leaves the queue
+    assert store.pending() == 5
     assert store.reevaluate_pending(budget=4) == 1
     assert store.reevaluate_pending(budget=4) == 0
     assert store.last_full_evaluation == clock.now
