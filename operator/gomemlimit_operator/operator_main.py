@@ -351,9 +351,11 @@ async def _register_dev_webhook(
 async def run(config: OperatorConfig) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit status."""
     loop = asyncio.get_running_loop()
-    stop_flag = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # until kopf installs its own handlers
-        loop.add_signal_handler(signum, stop_flag.set)
+    # Until kopf installs its own signal handlers, remember a signal and re-send it from a
+    # startup handler (kopf's stop_flag= would leave a task behind that delays the exit by 5s).
+    early_signals: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, early_signals.append, signum)
 
     try:
         kube_configuration = await asyncio.to_thread(load_kube_configuration, config.kubeconfig)
@@ -363,6 +365,11 @@ async def run(config: OperatorConfig) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gomemlimit-operator-") as temp:
         components = build_components(config, kube_configuration, Path(temp))
+
+        @kopf.on.startup(registry=components.kopf_registry)
+        async def resend_early_signals(**_: Any) -> None:
+            for signum in early_signals:
+                os.kill(os.getpid(), signum)
 
         def on_serving(client_config: Mapping[str, Any]) -> None:
             logger.info("Webhook serving on %s:%d.", config.bind_host, config.webhook_port)
@@ -406,7 +413,6 @@ async def run(config: OperatorConfig) -> int:
                     standalone=True,
                     clusterwide=config.clusterwide,
                     namespaces=list(config.watch_namespaces),
-                    stop_flag=stop_flag,
                     memo=kopf.Memo(components=components),
                 )
         except OSError as exc:
@@ -441,8 +447,11 @@ def configure_logging(config: OperatorConfig) -> None:
         log_format=kopf.LogFormat.FULL,
     )
     logging.getLogger().setLevel(config.logging_level)
-    # One line per webhook request is too many; our handler logs what matters.
+    # kopf logs "Handler/Webhook ... succeeded" for every event and admission request, and
+    # aiohttp a line per request: too many. Our handlers log what matters.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if config.log_level != "debug":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,6 @@ per generation and problem.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -255,66 +254,74 @@ class KubernetesLister:
     """Synchronous LIST/GET calls through the kubernetes client (run them in a thread)."""
 
     def __init__(self, api_client: Any, watch_namespaces: tuple[str, ...] = ()) -> None:
-        self._api_client = api_client
+        from kubernetes.client import CoreV1Api, CustomObjectsApi
+
+        self._custom = CustomObjectsApi(api_client)
+        self._core = CoreV1Api(api_client)
         self._watch_namespaces = watch_namespaces
 
-    def _get(
-        self, path: str, query: list[tuple[str, Any]] | None = None, timeout: float = 60
-    ) -> Any:
-        response = self._api_client.call_api(
-            path,
-            "GET",
-            query_params=query or [],
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-            _preload_content=False,
-            _request_timeout=timeout,
-        )
-        return json.loads(response.data)
-
-    def _items(self, path: str, kind: str, api_version: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cont = ""
+    @staticmethod
+    def _pages(fetch: Callable[[str | None], Any]) -> list[Any]:
+        """All items of a paged LIST; ``fetch(continue_token)`` returns one page."""
+        items: list[Any] = []
+        token: str | None = None
         while True:
-            query: list[tuple[str, Any]] = [("limit", 500)]
-            if cont:
-                query.append(("continue", cont))
-            page = self._get(path, query)
-            for item in page.get("items") or ():
-                item.setdefault("kind", kind)
-                item.setdefault("apiVersion", api_version)
-                items.append(item)
-            cont = (page.get("metadata") or {}).get("continue") or ""
-            if not cont:
+            page = fetch(token)
+            if isinstance(page, Mapping):
+                items.extend(page.get("items") or ())
+                token = (page.get("metadata") or {}).get("continue")
+            else:
+                items.extend(page.items or ())
+                token = page.metadata._continue if page.metadata is not None else None
+            if not token:
                 return items
 
-    def list_policies(self) -> list[dict[str, Any]]:
-        api_version = f"{GROUP}/{VERSION}"
-        base = f"/apis/{GROUP}/{VERSION}"
-        items = self._items(f"{base}/{PLURALS[CLUSTER_KIND]}", CLUSTER_KIND, api_version)
-        plural = PLURALS[NAMESPACED_KIND]
-        if not self._watch_namespaces:
-            items += self._items(f"{base}/{plural}", NAMESPACED_KIND, api_version)
-        for namespace in self._watch_namespaces:
-            items += self._items(
-                f"{base}/namespaces/{namespace}/{plural}", NAMESPACED_KIND, api_version
+    def _policies(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        plural = PLURALS[kind]
+
+        def fetch(token: str | None) -> Any:
+            if namespace is None:
+                return self._custom.list_cluster_custom_object(
+                    GROUP, VERSION, plural, limit=500, _continue=token, _request_timeout=60
+                )
+            return self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, limit=500, _continue=token, _request_timeout=60
             )
+
+        items = self._pages(fetch)
+        for item in items:
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
         return items
 
+    def list_policies(self) -> list[dict[str, Any]]:
+        items = self._policies(CLUSTER_KIND, None)
+        if not self._watch_namespaces:
+            return items + self._policies(NAMESPACED_KIND, None)
+        for namespace in self._watch_namespaces:
+            items += self._policies(NAMESPACED_KIND, namespace)
+        return items
+
+    @staticmethod
+    def _namespace(item: Any) -> dict[str, Any]:
+        return {"metadata": {"name": item.metadata.name, "labels": item.metadata.labels or {}}}
+
     def list_namespaces(self) -> list[dict[str, Any]]:
-        return self._items("/api/v1/namespaces", "Namespace", "v1")
+        items = self._pages(
+            lambda token: self._core.list_namespace(limit=500, _continue=token, _request_timeout=60)
+        )
+        return [self._namespace(item) for item in items]
 
     def get_namespace(self, name: str, timeout: float = 1.0) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            result: dict[str, Any] = self._get(f"/api/v1/namespaces/{name}", timeout=timeout)
+            item = self._core.read_namespace(name, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return result
+        return self._namespace(item)
 
 
 async def load_and_resync(

@@ -18,7 +18,6 @@ Hooks for later parts:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import time
@@ -336,8 +335,13 @@ class PolicyStatusWriter:
                 logger.exception("Status writing failed.")
                 wait = None
             timeout = self.interval if wait is None else max(0.05, min(wait, self.interval))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            # Not asyncio.wait_for: it spawns a task per call, which kopf's shutdown would
+            # wait for as a "hung" task.
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
 
 def kubernetes_status_patcher(api_client: Any) -> StatusPatcher:

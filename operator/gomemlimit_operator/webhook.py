@@ -223,6 +223,12 @@ class ServingWebhookServer(kopf.WebhookServer):
 
 def register(kopf_registry: kopf.OperatorRegistry, webhook: PodWebhook) -> None:
     """``@kopf.on.mutate`` for Pod CREATE under the fixed id :data:`WEBHOOK_ID`."""
+
+    # A plain coroutine function: kopf runs anything else (even an object with an async
+    # __call__) in a thread pool, where the coroutine would never be awaited.
+    async def mutate_pod_handler(**kwargs: Any) -> None:
+        await webhook(**kwargs)
+
     kopf.on.mutate("", "v1", "pods", id=WEBHOOK_ID, operations=["CREATE"], registry=kopf_registry)(
-        webhook
+        mutate_pod_handler
     )

@@ -235,3 +235,18 @@ def test_dev_probe_is_answered_without_patch_or_count(registry: Registry) -> Non
     # Not a dry run: an ordinary pod, mutated as usual.
     ops, _ = handle(webhook, request_pod, dryrun=False)
     assert ops
+
+
+def test_registered_handler_is_a_coroutine_function(registry: Registry) -> None:
+    """kopf runs non-coroutine callables in threads; an async __call__ would never run."""
+    import inspect
+
+    from gomemlimit_operator.webhook import WEBHOOK_ID, register
+
+    kopf_registry = kopf.OperatorRegistry()
+    webhook, _ = make_webhook(registry)
+    register(kopf_registry, webhook)
+    (handler,) = kopf_registry._webhooks.get_all_handlers()
+    assert handler.id == WEBHOOK_ID
+    assert list(handler.operations) == ["CREATE"]
+    assert inspect.iscoroutinefunction(handler.fn)

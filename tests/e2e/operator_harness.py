@@ -1,0 +1,351 @@
+"""Run the real operator process against the local control plane, for end-to-end tests.
+
+Fixtures (import them into a test module: ``from operator_harness import operator_process``):
+
+* ``crds`` (session): applies ``crds/`` once and waits until they are Established.
+* ``operator_service`` (session): one ``python -m gomemlimit_operator.operator_main --dev``
+  process on free ports, output in a log file; stopped (SIGTERM) at the end of the session.
+* ``operator_process`` (per test): the same process, restarted first if an earlier test
+  killed it; after the test, the log lines written during it are printed, and pytest shows
+  them when the test failed.
+
+Plus small helpers shared by the tests: ``apply``, ``wait_until``, ``get``, ``pods``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+DEV_WEBHOOK_NAME = "gomemlimit-operator-dev"
+T = TypeVar("T")
+
+__all__ = [
+    "OperatorProcess",
+    "apply",
+    "cluster_policies",
+    "crds",
+    "free_port",
+    "get",
+    "operator_process",
+    "operator_service",
+    "pods",
+    "wait_ready",
+    "wait_until",
+]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.2
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception as exc:  # e.g. NotFound while an object is being created
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    suffix = f" (last error: {last_error})" if last_error else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{suffix}")
+
+
+def _http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+class OperatorProcess:
+    """One operator process on free ports; ``start``/``stop``/``kill`` it as needed."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        *,
+        extra_args: Sequence[str] = (),
+        webhook_name: str = DEV_WEBHOOK_NAME,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.webhook_name = webhook_name
+        self.process: subprocess.Popen[bytes] | None = None
+        self.webhook_port = self.metrics_port = self.health_port = 0
+        self.starts = 0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gomemlimit_operator.operator_main",
+            "--dev",
+            "--dev-webhook-name",
+            self.webhook_name,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--webhook-port",
+            str(self.webhook_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--health-port",
+            str(self.health_port),
+            "--status-interval",
+            "1",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 90.0) -> None:
+        if self.running:
+            return
+        self.webhook_port, self.metrics_port, self.health_port = (
+            free_port(),
+            free_port(),
+            free_port(),
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOMEMLIMIT_OPERATOR_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log_path.open("ab") as log:
+            log.write(f"\n=== start #{self.starts + 1}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
+            )
+        self.starts += 1
+        try:
+            wait_until(self._ready_or_dead, "the operator's /readyz", timeout=timeout)
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"the operator did not become ready:\n{self.log_tail()}") from None
+        if not self.running:
+            raise AssertionError(f"the operator exited at start:\n{self.log_tail()}")
+
+    def _ready_or_dead(self) -> bool:
+        if not self.running:
+            return True  # start() reports it
+        with contextlib.suppress(OSError):
+            return self.readyz()[0] == 200
+        return False
+
+    def readyz(self) -> tuple[int, str]:
+        return _http_get(self.health_port, "/readyz?verbose")
+
+    def healthz(self) -> tuple[int, str]:
+        return _http_get(self.health_port, "/healthz")
+
+    def metrics(self) -> str:
+        status, text = _http_get(self.metrics_port, "/metrics")
+        assert status == 200
+        return text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on /metrics (0 if absent)."""
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        prefix = f"{name}{{{wanted}}}" if labels else name
+        for line in self.metrics().splitlines():
+            if line.startswith(prefix + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, and SIGKILL if it does not exit in time. Returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: like a crash, the webhook configuration stays behind."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_text(self, offset: int = 0) -> str:
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster helpers (through the pinned kubectl of the `cluster` fixture)
+# ---------------------------------------------------------------------------------------------
+
+
+def apply(cluster: Any, *objects: Mapping[str, Any] | str, namespace: str | None = None) -> None:
+    """kubectl apply objects (dicts or YAML text); raises KubectlError with stderr on failure."""
+    docs = [obj if isinstance(obj, str) else yaml.safe_dump(dict(obj)) for obj in objects]
+    args = ["apply", "-f", "-"]
+    if namespace:
+        args += ["-n", namespace]
+    cluster.kubectl(*args, input="\n---\n".join(docs))
+
+
+def get(cluster: Any, *args: str) -> Any:
+    """kubectl get ... -o json, parsed."""
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def pods(cluster: Any, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+    args = ["pods", "-n", namespace]
+    if selector:
+        args += ["-l", selector]
+    return list(get(cluster, *args)["items"])
+
+
+PLURALS = {"GoMemPolicy": "gomempolicies", "ClusterGoMemPolicy": "clustergomempolicies"}
+
+
+def condition(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
+    for item in (obj.get("status") or {}).get("conditions") or ():
+        if item.get("type") == type_:
+            return dict(item)
+    return None
+
+
+def wait_ready(
+    cluster: Any, kind: str, name: str, namespace: str | None = None, status: str = "True"
+) -> dict[str, Any]:
+    """Wait until the operator wrote Ready=<status> for the policy's current generation.
+
+    Since status is written after the policy reached the registry, a policy that is Ready for
+    its current generation is what the webhook uses from then on.
+    """
+    args = [PLURALS[kind], name, *(["-n", namespace] if namespace else [])]
+
+    def check() -> dict[str, Any] | None:
+        obj: dict[str, Any] = get(cluster, *args)
+        ready = condition(obj, "Ready")
+        generation = obj["metadata"]["generation"]
+        if (
+            ready is not None
+            and ready["status"] == status
+            and ready.get("observedGeneration") == generation
+            and (obj.get("status") or {}).get("observedGeneration") == generation
+        ):
+            return obj
+        return None
+
+    return wait_until(check, f"{kind} {name}: Ready={status}", timeout=30)
+
+
+def policy_yaml(kind: str, name: str, spec: Mapping[str, Any], namespace: str | None = None) -> str:
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return yaml.safe_dump(
+        {"apiVersion": "gomemlimit.io/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec}
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Any) -> None:
+    cluster.kubectl("apply", "-f", str(CRDS))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
+
+
+@pytest.fixture(scope="session")
+def operator_service(
+    cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    operator = OperatorProcess(Path(cluster.kubeconfig), log_path)
+    operator.start()
+    try:
+        yield operator
+    finally:
+        status = operator.stop()
+        print(f"operator exit status {status}; log: {log_path}")
+        cluster.kubectl(
+            "delete", "mutatingwebhookconfiguration", operator.webhook_name, "--ignore-not-found"
+        )
+
+
+@pytest.fixture
+def cluster_policies(cluster: Any) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Apply ClusterGoMemPolicies with kubectl and wait until Ready; deleted after the test.
+
+    Cluster policies outlive namespaces: scope them to the test's namespace (namespaceSelector)
+    so that they cannot touch other tests' pods.
+    """
+    created: list[str] = []
+
+    def make(name: str, spec: Mapping[str, Any], ready: str | None = "True") -> dict[str, Any]:
+        created.append(name)
+        cluster.kubectl("apply", "-f", "-", input=policy_yaml("ClusterGoMemPolicy", name, spec))
+        if ready is None:
+            return dict(get(cluster, "clustergomempolicies", name))
+        return wait_ready(cluster, "ClusterGoMemPolicy", name, status=ready)
+
+    yield make
+    if created:
+        cluster.kubectl(
+            "delete", "clustergomempolicies", *created, "--ignore-not-found", "--wait=false"
+        )
+
+
+@pytest.fixture
+def operator_process(operator_service: OperatorProcess) -> Iterator[OperatorProcess]:
+    operator_service.start()  # no-op unless an earlier test stopped or killed it
+    offset = operator_service.log_size()
+    yield operator_service
+    # Printed output is shown by pytest only when the test failed.
+    print(f"--- operator log during this test ({operator_service.log_path}) ---")
+    print(operator_service.log_text(offset)[-20000:])
