@@ -191,7 +191,14 @@ def run_scenario(pods: int, scenario: str) -> None:
 
     registry.set_policy(policy("0.8"))  # every injected value becomes stale
     queued = store.pending()
-    changed = timed(store.reevaluate_pending)
+    chunks = []
+    while True:  # as PodWatcher.drain does, yielding to the event loop between chunks
+        start = time.perf_counter()
+        remaining = store.reevaluate_pending(watcher.chunk)
+        chunks.append(time.perf_counter() - start)
+        if not remaining:
+            break
+    changed = sum(chunks)
     store.invalidate()
     unchanged = timed(store.reevaluate_pending)
     scrape_stale, size_stale, info_stale = scrape(prometheus)
@@ -207,6 +214,10 @@ def run_scenario(pods: int, scenario: str) -> None:
             f"{modified:.2f} s ({modified / pods * 1e6:.0f} us/event)",
         ),
         (f"policy change: re-evaluate {queued:,}", f"{changed:.2f} s"),
+        (
+            f"  longest chunk of {watcher.chunk:,} (loop blocked)",
+            f"{max(chunks) * 1000:.0f} ms",
+        ),
         ("full pass, nothing changed", f"{unchanged:.3f} s"),
         (
             f"scrape, {100 // NONCOMPLIANT_SHARE}% noncompliant",
@@ -223,7 +234,7 @@ def run_scenario(pods: int, scenario: str) -> None:
     ]
     print(f"--- {scenario}: {pods:,} pods, 2 containers each")
     for label, value in rows:
-        print(f"  {label:<38} {value}")
+        print(f"  {label:<42} {value}")
 
 
 def main(argv: list[str]) -> None:

@@ -151,8 +151,8 @@ class Aggregates:
     matched_pods: dict[str, int] = field(default_factory=dict)
     governed: dict[str, dict[State, int]] = field(default_factory=dict)
     """policy ref -> state -> governed containers."""
-    problem_pods: set[str] = field(default_factory=set)
-    """uids of pods with a container in NONCOMPLIANT_STATES."""
+    problems: dict[str, tuple[NoncompliantContainer, ...]] = field(default_factory=dict)
+    """uid -> the containers in NONCOMPLIANT_STATES, for pods that have any."""
 
 
 @dataclass(frozen=True)
@@ -482,21 +482,19 @@ class PodStore:
         return matched, governed, ContainerCounts(**per_state)
 
     def snapshot(self, noncompliant: bool = True) -> Snapshot:
-        with self._lock:
-            problems = (
-                [item for uid in self._agg.problem_pods for item in _noncompliant(self._pods[uid])]
-                if noncompliant
-                else []
-            )
-            return Snapshot(
+        with self._lock:  # copy references only: event handlers wait on this lock
+            per_pod = list(self._agg.problems.values()) if noncompliant else []
+            snapshot = Snapshot(
                 containers=dict(self._agg.containers),
-                noncompliant=problems,
+                noncompliant=[],
                 pods=len(self._pods),
                 synced=self._synced(),
                 last_full_evaluation=self._last_full,
                 events=dict(self._events),
                 reevaluated_pods=self._reevaluated,
             )
+        snapshot.noncompliant.extend(item for items in per_pod for item in items)
+        return snapshot
 
     def aggregates(self) -> Aggregates:
         """A copy of the incrementally kept aggregates."""
@@ -544,18 +542,21 @@ def _accumulate(agg: Aggregates, record: PodRecord, sign: int) -> None:
         problem = problem or state in NONCOMPLIANT_STATES
     if problem:
         if sign > 0:
-            agg.problem_pods.add(record.uid)
+            agg.problems[record.uid] = _noncompliant(record, ref)
         else:
-            agg.problem_pods.discard(record.uid)
+            del agg.problems[record.uid]
 
 
-def _noncompliant(record: PodRecord) -> Iterable[NoncompliantContainer]:
-    ref = record.policy_ref
-    for container, (state, governed) in zip(record.facts.containers, record.verdicts, strict=True):
-        if state in NONCOMPLIANT_STATES:
-            yield NoncompliantContainer(
-                record.namespace, record.name, container.name, ref if governed else "", state
-            )
+def _noncompliant(record: PodRecord, ref: str) -> tuple[NoncompliantContainer, ...]:
+    return tuple(
+        NoncompliantContainer(
+            record.namespace, record.name, container.name, ref if governed else "", state
+        )
+        for container, (state, governed) in zip(
+            record.facts.containers, record.verdicts, strict=True
+        )
+        if state in NONCOMPLIANT_STATES
+    )
 
 
 def _copy(agg: Aggregates) -> Aggregates:
@@ -563,5 +564,5 @@ def _copy(agg: Aggregates) -> Aggregates:
         containers=dict(agg.containers),
         matched_pods=dict(agg.matched_pods),
         governed={ref: dict(states) for ref, states in agg.governed.items()},
-        problem_pods=set(agg.problem_pods),
+        problems=dict(agg.problems),
     )

@@ -54,7 +54,7 @@ class PodWatcher:
         is_active: Callable[[], bool] = lambda: True,
         interval: float = 1.0,
         full_interval: float = 60.0,
-        chunk: int = 5000,
+        chunk: int = 1000,
     ) -> None:
         self.store = store
         self.watches = watches
