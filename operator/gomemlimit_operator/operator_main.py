@@ -37,7 +37,7 @@ from typing import Any
 
 import kopf
 
-from . import __version__, certs, policies, webhook
+from . import __version__, certs, pods, policies, webhook
 from .admission_metrics import AdmissionMetrics, default_metrics
 from .config import ConfigError, OperatorConfig, parse_config
 from .devwebhook import (
@@ -257,8 +257,9 @@ def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: 
         )
     )
     components.background.append(status_writer.run)
-    # Later parts (pod watcher, metrics, leader election) register here, e.g.
-    #   pods.register(components)
+    # The pod compliance watcher, its metrics and the status counts (issue 5).
+    pods.register(components)
+    # Later parts (leader election) register here too.
     assert_pods_read_only(kopf_registry)
     return components
 
