@@ -15,6 +15,10 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VERSIONS_FILE="$HERE/versions.env"
 RETRY="bash $HERE/build.sh"
+if [[ -n ${GOMEMLIMIT_CACHE:-} ]]; then
+  RETRY="GOMEMLIMIT_CACHE=$GOMEMLIMIT_CACHE $RETRY"
+fi
+LOCKED=0
 
 FORCE=0
 QUIET=0
@@ -36,12 +40,15 @@ die() { # die <step> <message> [command to retry]
     echo "build.sh:   failing command: $3" >&2
   fi
   echo "build.sh:   retry the whole build with: $RETRY" >&2
+  if [[ $LOCKED == 1 ]]; then
+    rm -rf "$BIN_ROOT"/.tmp-* # half-built components never look valid anyway
+  fi
   exit 1
 }
 
 # --- versions (the single source of truth) --------------------------------------------------
 [[ -r $VERSIONS_FILE ]] || die "read versions" "$VERSIONS_FILE is missing"
-# shellcheck source=versions.env
+# shellcheck source=/dev/null
 source "$VERSIONS_FILE"
 for var in K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION; do
   [[ -n ${!var:-} ]] || die "read versions" "$var is not set in $VERSIONS_FILE"
@@ -119,8 +126,8 @@ diagnose() { # diagnose <log file>
     echo "out of disk space: check 'df -h $CACHE_ROOT $(go env GOCACHE) $(go env GOMODCACHE)'"
   elif grep -qiE 'dial tcp|no such host|connection refused|i/o timeout|proxyconnect|TLS handshake|network is unreachable' "$1"; then
     echo "cannot reach the Go module proxy or checksum DB (GOPROXY=$(go env GOPROXY), GOSUMDB=$(go env GOSUMDB))"
-  elif grep -qiE 'unknown revision|invalid version|reading .*: 404|no matching versions|not found' "$1"; then
-    echo "a pinned version does not exist or the builder go.mod is stale: check $VERSIONS_FILE and run bash $HERE/builder/sync-versions.sh"
+  elif grep -qiE 'unknown revision|invalid version|40[34] (Not Found|Forbidden)|not available|no matching versions|not found' "$1"; then
+    echo "a pinned version does not exist (or a builder go.mod is stale): check $VERSIONS_FILE, then run bash $HERE/builder/sync-versions.sh"
   elif grep -qiE 'checksum mismatch|SECURITY ERROR' "$1"; then
     echo "checksum mismatch: a builder go.sum disagrees with the module proxy (see the log)"
   else
@@ -157,16 +164,14 @@ check_disk() { # check_disk <step>: a cold Kubernetes build needs a few GiB of b
 check_builder_pins() { # the builder go.mod files must agree with versions.env
   local mod="$HERE/builder/kubernetes/go.mod" bad
   grep -qE "^[[:space:]]*k8s\.io/kubernetes $K8S_VERSION( |$)" "$mod" \
-    || die "check builder pins" "$mod does not require k8s.io/kubernetes $K8S_VERSION" \
-      "bash $HERE/builder/sync-versions.sh"
+    || die "check builder pins" "$mod does not require k8s.io/kubernetes $K8S_VERSION; fix: bash $HERE/builder/sync-versions.sh"
   bad=$(grep -E '^[[:space:]]*k8s\.io/[a-z0-9-]+ => k8s\.io/[a-z0-9-]+ v' "$mod" \
     | grep -vE " $K8S_STAGING_VERSION\$" || true)
   [[ -z $bad ]] || die "check builder pins" \
-    "$mod has replace lines not at $K8S_STAGING_VERSION: $bad" "bash $HERE/builder/sync-versions.sh"
+    "$mod has replace lines not at $K8S_STAGING_VERSION: $bad; fix: bash $HERE/builder/sync-versions.sh"
   mod="$HERE/builder/etcd/go.mod"
   grep -qE "^[[:space:]]*go\.etcd\.io/etcd/server/v3 $ETCD_VERSION( |$)" "$mod" \
-    || die "check builder pins" "$mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION" \
-      "bash $HERE/builder/sync-versions.sh"
+    || die "check builder pins" "$mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION; fix: bash $HERE/builder/sync-versions.sh"
 }
 
 # Build into a fresh temp dir next to the final one, verify, then rename: a half-finished or
@@ -261,6 +266,7 @@ if ! flock -n 9; then
   say "another build holds $CACHE_ROOT/build.lock; waiting for it (up to 60 min)..."
   flock -w 3600 9 || die "lock" "timed out waiting for $CACHE_ROOT/build.lock" "flock $CACHE_ROOT/build.lock true"
 fi
+LOCKED=1
 rm -rf "$BIN_ROOT"/.tmp-* # leftovers of an interrupted build (we hold the lock)
 
 check_builder_pins

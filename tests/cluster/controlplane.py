@@ -824,6 +824,9 @@ class ControlPlane:
             b.kwok,
             f"--kubeconfig={d / 'kubeconfigs' / 'kwok.kubeconfig'}",
             "--manage-all-nodes=true",
+            # Renew a Lease per node like a kubelet; the heartbeat-with-lease stage only
+            # refreshes node status every ~10-20 min and relies on it.
+            "--node-lease-duration-seconds=40",
             *(f"--config={s}" for s in b.kwok_stages),
             f"--server-address=127.0.0.1:{kwok_port}",
             f"--node-port={kwok_port}",

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../versions.env
+# shellcheck source=/dev/null
 source "$HERE/../versions.env"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
