@@ -142,6 +142,18 @@ def build_settings(config: OperatorConfig, server: kopf.WebhookServer) -> kopf.O
     return settings
 
 
+PODS = kopf.Resource(
+    "",
+    "v1",
+    "pods",
+    kind="Pod",
+    singular="pod",
+    shortcuts=frozenset({"po"}),
+    categories=frozenset({"all"}),
+    namespaced=True,
+)
+
+
 def assert_pods_read_only(kopf_registry: kopf.OperatorRegistry) -> None:
     """Refuse handlers that would make kopf write annotations or finalizers onto pods."""
     writers = [
@@ -150,7 +162,7 @@ def assert_pods_read_only(kopf_registry: kopf.OperatorRegistry) -> None:
     ]
     for handler in writers:
         selector = getattr(handler, "selector", None)
-        if selector is not None and getattr(selector, "plural", None) == "pods":
+        if selector is None or selector.check(PODS):
             raise RuntimeError(
                 f"handler {handler.id!r} would write onto pods; watch pods only with "
                 "@kopf.on.event or @kopf.index"

@@ -1,0 +1,77 @@
+"""The operator's composition, without a cluster: handlers, readiness checks, exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kopf
+import kubernetes
+import pytest
+
+from gomemlimit_operator.config import parse_config
+from gomemlimit_operator.operator_main import assert_pods_read_only, build_components, main
+from gomemlimit_operator.webhook import WEBHOOK_ID
+
+
+def components(tmp_path: Path) -> Any:
+    config = parse_config(["--dev"], env={})
+    return build_components(config, kubernetes.client.Configuration(), tmp_path)
+
+
+def test_handlers_are_read_only_and_the_webhook_has_its_fixed_id(tmp_path: Path) -> None:
+    built = components(tmp_path)
+    kopf_registry = built.kopf_registry
+    (webhook,) = kopf_registry._webhooks.get_all_handlers()
+    assert webhook.id == WEBHOOK_ID
+    watched = {
+        h.selector.any_name or h.selector.plural for h in kopf_registry._watching.get_all_handlers()
+    }
+    assert {"gomempolicies", "clustergomempolicies", "namespaces", "pods"} <= watched
+    # Nothing that makes kopf write annotations, finalizers or status onto any object.
+    assert kopf_registry._changing.get_all_handlers() == []
+    assert kopf_registry._spawning.get_all_handlers() == []
+    assert set(built.readiness.checks()) == {"webhook", "policy-index", "dev-webhook-configuration"}
+    assert not built.readiness.ready
+    assert built.cert_file.is_file()
+    assert built.key_file.is_file()
+    assert built.ca_bundle is not None
+    assert built.background  # the policy loader, the status writer, the pod watcher
+
+
+WRITING_POD_HANDLERS: list[Callable[[kopf.OperatorRegistry], Any]] = [
+    lambda r: kopf.on.create("v1", "pods", registry=r),
+    lambda r: kopf.on.update("", "v1", "pods", registry=r),
+    lambda r: kopf.on.resume(kind="Pod", registry=r),
+    lambda r: kopf.on.delete("pods", registry=r),
+    lambda r: kopf.on.field("v1", "pods", field="spec", registry=r),
+    lambda r: kopf.timer("v1", "pods", interval=60, registry=r),
+    lambda r: kopf.daemon("po", registry=r),
+]
+
+
+@pytest.mark.parametrize("decorator", WRITING_POD_HANDLERS)
+def test_a_pod_handler_that_writes_is_refused(
+    decorator: Callable[[kopf.OperatorRegistry], Any],
+) -> None:
+    kopf_registry = kopf.OperatorRegistry()
+    decorator(kopf_registry)(lambda **_: None)
+    with pytest.raises(RuntimeError, match="would write onto pods"):
+        assert_pods_read_only(kopf_registry)
+
+
+def test_a_policy_handler_that_writes_is_not_our_concern_here() -> None:
+    kopf_registry = kopf.OperatorRegistry()
+
+    @kopf.on.create("gomemlimit.io", "v1alpha1", "gomempolicies", registry=kopf_registry)
+    def on_policy(**_: Any) -> None:
+        pass
+
+    assert_pods_read_only(kopf_registry)
+
+
+def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--webhook-port", "nope", "--dev"]) == 2
+    assert "--webhook-port" in capsys.readouterr().err
+    assert main(["--help"]) == 0
