@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -138,20 +139,30 @@ Quantity = Annotated[
     ),
 ]
 
-_HEADROOM_RULE: Final[dict[str, JsonValue]] = {
-    "rule": (
-        "!has(self.minHeadroom) || !has(self.maxHeadroom) || "
-        "quantity(string(self.minHeadroom)).compareTo(quantity(string(self.maxHeadroom))) <= 0"
-    ),
-    "message": "minHeadroom must not be greater than maxHeadroom",
-    "fieldPath": ".minHeadroom",
-}
+_HEADROOM_RULES: Final[list[JsonValue]] = [
+    {
+        "rule": (
+            "!has(self.maxHeadroom) || "
+            "quantity(string(self.maxHeadroom)).isGreaterThan(quantity('0'))"
+        ),
+        "message": "maxHeadroom must be greater than 0: GOMEMLIMIT must stay below the limit",
+        "fieldPath": ".maxHeadroom",
+    },
+    {
+        "rule": (
+            "!has(self.minHeadroom) || !has(self.maxHeadroom) || "
+            "quantity(string(self.minHeadroom)).compareTo(quantity(string(self.maxHeadroom))) <= 0"
+        ),
+        "message": "minHeadroom must not be greater than maxHeadroom",
+        "fieldPath": ".maxHeadroom",
+    },
+]
 
 
 class GoMemPolicySpec(_Model):
     """Which containers get a GOMEMLIMIT, and how it is computed."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_HEADROOM_RULE]})
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _HEADROOM_RULES})
 
     selector: LabelSelector | None = Field(
         default=None, description="Pods whose labels match. Absent or empty selects all pods."
@@ -223,23 +234,21 @@ class GoMemPolicySpec(_Model):
 
     @field_validator("max_headroom")
     @classmethod
-    def _max_headroom_positive(cls, value: str | int | None) -> str | int | None:
-        # No headroom at all would make GOMEMLIMIT equal to the limit (exceeds_limit).
-        if value is not None and parse_bytes(value) == 0:
+    def _max_headroom_bounds(
+        cls, value: str | int | None, info: ValidationInfo
+    ) -> str | int | None:
+        """The same two rules the CRD checks with CEL (see _HEADROOM_RULES)."""
+        if value is None:
+            return value
+        high = parse_bytes(value)
+        if high == 0:  # no headroom would make GOMEMLIMIT equal to the limit
             raise ValueError(
                 "maxHeadroom must be greater than 0: GOMEMLIMIT must stay below the limit"
             )
+        low = info.data.get("min_headroom")
+        if low is not None and parse_bytes(low) > high:
+            raise ValueError(f"minHeadroom ({low}) must not be greater than maxHeadroom ({value})")
         return value
-
-    @model_validator(mode="after")
-    def _headroom_bounds(self) -> GoMemPolicySpec:
-        low, high = self.min_headroom_bytes, self.max_headroom_bytes
-        if low is not None and high is not None and low > high:
-            raise ValueError(
-                f"minHeadroom ({self.min_headroom}) must not be greater than "
-                f"maxHeadroom ({self.max_headroom})"
-            )
-        return self
 
     @property
     def min_headroom_bytes(self) -> int | None:

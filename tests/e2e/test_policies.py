@@ -156,6 +156,8 @@ def test_namespace_labels_select_cluster_policies(
             {"minHeadroom": "1Gi", "maxHeadroom": "64Mi"},
             "minHeadroom must not be greater than maxHeadroom",
         ),
+        ({"maxHeadroom": 0}, "maxHeadroom must be greater than 0"),
+        ({"maxHeadroom": "0Mi"}, "maxHeadroom must be greater than 0"),
         ({"mode": "dry"}, 'spec.mode: Unsupported value: "dry"'),
         ({"onExisting": "keep"}, "spec.onExisting"),
         ({"gogc": "fast"}, "spec.gogc"),

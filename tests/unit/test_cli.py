@@ -297,7 +297,7 @@ def _strip_ansi(text: str) -> str:
         ),
         (
             ["-f", BAD / "headroom.yaml"],
-            f"{BAD / 'headroom.yaml'}: GoMemPolicy/team/upside-down: spec: "
+            f"{BAD / 'headroom.yaml'}: GoMemPolicy/team/upside-down: spec.maxHeadroom: "
             "minHeadroom (1Gi) must not be greater than maxHeadroom (64Mi)",
         ),
         (
