@@ -17,15 +17,18 @@ Series (documented with example queries in docs/metrics.md):
 * ``gomemlimit_watched_pods``: pods in the store.
 * ``gomemlimit_watcher_synced``: 1 once the first pod listing finished.
 
-Those come from cluster state, which only the active replica (the kopf peering leader)
-watches; a paused replica omits them. Every replica exports:
+Those come from cluster state. Every replica watches pods and keeps the same records, but
+only the leader (see :mod:`leader`) exports them, so that cluster state is exported once;
+the other replicas omit them. Every replica exports:
 
-* ``gomemlimit_watcher_active``: 1 on the replica whose watches run.
+* ``gomemlimit_leader``: 1 on the replica that holds the lease (always 1 without leader
+  election), else 0.
 * ``gomemlimit_last_evaluation_timestamp_seconds``: end of the last full re-evaluation of
   every stored pod (0 before the first). Stops advancing when the watcher stalls.
 * ``gomemlimit_watch_events_total{type}``: pod watch events handled, by type.
 * ``gomemlimit_reevaluated_pods_total``: pods re-evaluated from their records (policy
-  changes and full passes).
+  and namespace label changes, full passes).
+* ``gomemlimit_policy_status_writes_total``: policy status writes this replica made.
 * ``gomemlimit_build_info{version}`` 1.
 """
 
@@ -58,12 +61,14 @@ class WatcherCollector:
         *,
         noncompliant_info: bool = True,
         is_active: Callable[[], bool] = lambda: True,
+        status_writes: Callable[[], int] = lambda: 0,
         version: str = __version__,
     ) -> None:
         self.store = store
         self.registry = registry
         self.noncompliant_info = noncompliant_info
         self.is_active = is_active
+        self.status_writes = status_writes
         self.version = version
 
     def describe(self) -> Iterable[Metric]:
@@ -76,8 +81,8 @@ class WatcherCollector:
                 "gomemlimit_build_info", "The operator's version; always 1.", labels=["version"]
             ),
             GaugeMetricFamily(
-                "gomemlimit_watcher_active",
-                "1 on the replica whose watches run (the peering leader), else 0.",
+                "gomemlimit_leader",
+                "1 on the replica that exports cluster state and writes policy status, else 0.",
             ),
             GaugeMetricFamily(
                 "gomemlimit_last_evaluation_timestamp_seconds",
@@ -91,7 +96,12 @@ class WatcherCollector:
             ),
             CounterMetricFamily(
                 "gomemlimit_reevaluated_pods",
-                "Pods re-evaluated from their records after policy changes and in full passes.",
+                "Pods re-evaluated from their records after policy or namespace label changes "
+                "and in full passes.",
+            ),
+            CounterMetricFamily(
+                "gomemlimit_policy_status_writes",
+                "Policy status writes made by this replica.",
             ),
         ]
         if active:
@@ -134,7 +144,7 @@ class WatcherCollector:
             return family
 
         gauge("gomemlimit_build_info").add_metric([self.version], 1)
-        gauge("gomemlimit_watcher_active").add_metric([], 1 if active else 0)
+        gauge("gomemlimit_leader").add_metric([], 1 if active else 0)
         gauge("gomemlimit_last_evaluation_timestamp_seconds").add_metric(
             [], snapshot.last_full_evaluation or 0.0
         )
@@ -145,6 +155,9 @@ class WatcherCollector:
         reevaluated = families["gomemlimit_reevaluated_pods"]
         assert isinstance(reevaluated, CounterMetricFamily)
         reevaluated.add_metric([], snapshot.reevaluated_pods)
+        writes = families["gomemlimit_policy_status_writes"]
+        assert isinstance(writes, CounterMetricFamily)
+        writes.add_metric([], self.status_writes())
 
         if active:
             containers = gauge("gomemlimit_containers")
@@ -174,11 +187,16 @@ def register_collector(
     *,
     noncompliant_info: bool = True,
     is_active: Callable[[], bool] = lambda: True,
+    status_writes: Callable[[], int] = lambda: 0,
     prometheus_registry: CollectorRegistry = REGISTRY,
 ) -> WatcherCollector:
     """Create the collector and register it (on prometheus_client's default registry)."""
     collector = WatcherCollector(
-        store, registry, noncompliant_info=noncompliant_info, is_active=is_active
+        store,
+        registry,
+        noncompliant_info=noncompliant_info,
+        is_active=is_active,
+        status_writes=status_writes,
     )
     prometheus_registry.register(collector)
     return collector

@@ -16,9 +16,9 @@ O(series), not O(pods):
 :meth:`PodStore.recount` recomputes the same aggregates from the records; the
 tests compare both after every step.
 
-Policy changes do not touch the API: :meth:`PodStore.invalidate` queues the pods
-of the affected namespaces and :meth:`PodStore.reevaluate_pending` recomputes
-them from their records in chunks, so an adapter can yield to its event loop.
+Policy and namespace label changes do not touch the API: :meth:`PodStore.invalidate`
+queues the pods of the affected namespaces and :meth:`PodStore.reevaluate_pending`
+recomputes them from their records in chunks, so an adapter can yield to its event loop.
 
 Thread-safety: one lock guards everything. kopf handlers run in its event loop,
 registry listeners may run in kopf's thread pool and Prometheus scrapes in the
@@ -241,12 +241,14 @@ class PodStore:
         *,
         per_namespace_listing: bool = True,
         settle_seconds: float = 10.0,
+        quiet_sync: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.per_namespace_listing = per_namespace_listing
         self.settle_seconds = settle_seconds
+        self.quiet_sync = quiet_sync
         self._clock = clock
         self._wall = wall_clock
         self._lock = threading.Lock()
@@ -267,6 +269,10 @@ class PodStore:
         self._listing: dict[Scope, float] = {}
         self._listings_done = 0
         self._events: Counter[str] = Counter()
+        # The start-up barrier (see begin_confirmation) and whether the store was ever synced.
+        self._touched: set[str] | None = None
+        self._confirmed = False
+        self._was_synced = False
 
     # --- pod events ---------------------------------------------------------------------
 
@@ -287,6 +293,8 @@ class PodStore:
         key = labels_key(labels)
         namespace = sys.intern(namespace)
         with self._lock:
+            if self._touched is not None:
+                self._touched.add(uid)
             seen = self._touch_scope(namespace, listing)
             old = self._pods.get(uid)
             if old is not None and old.labels == key and old.facts == facts:
@@ -315,6 +323,8 @@ class PodStore:
         still tells that a listing of that namespace's scope is in progress.
         """
         with self._lock:
+            if self._touched is not None:
+                self._touched.add(uid)
             if listing_namespace is not None:
                 self._touch_scope(sys.intern(listing_namespace), True)
             record = self._pods.get(uid)
@@ -370,15 +380,55 @@ class PodStore:
 
     @property
     def synced(self) -> bool:
-        """No listing in progress, and one finished (or a cluster with no pods to list)."""
+        """Whether the records cover every pod: once true, it stays true.
+
+        True once the start-up barrier confirmed that the watch delivered every pod a
+        LIST returned (:meth:`finish_confirmation`), or once a listing settled with no
+        listing in progress, or (with ``quiet_sync``) after ``3 * settle_seconds`` without
+        any listing (a cluster with no pods to list). Later re-listings after a watch
+        reconnects do not make it false again: the records are the last known state, kept
+        current by the catch-up, which beats reporting nothing for the listing's duration.
+        """
         with self._lock:
             return self._synced()
 
     def _synced(self) -> bool:
-        if self._listing:
-            return False
-        quiet = self._clock() - self._started >= 3 * self.settle_seconds
-        return self._listings_done > 0 or quiet
+        if self._was_synced:
+            return True
+        if self._confirmed:
+            self._was_synced = True
+        elif not self._listing:
+            quiet = self.quiet_sync and self._clock() - self._started >= 3 * self.settle_seconds
+            self._was_synced = self._listings_done > 0 or quiet
+        return self._was_synced
+
+    # --- the start-up barrier -------------------------------------------------------------
+
+    def begin_confirmation(self) -> None:
+        """Start remembering which pods events mention, for :meth:`unconfirmed`.
+
+        Call it before the LIST whose pods the watch must have delivered. kopf does not say
+        when its initial listing is complete; a LIST taken after the watch started tells
+        which pods it must deliver (or report deleted). The records themselves only ever
+        come from the watch, so a LIST that is older than the watch's own listing can never
+        bring back a pod deleted in between.
+        """
+        with self._lock:
+            if self._touched is None:
+                self._touched = set()
+
+    def unconfirmed(self, uids: Iterable[str]) -> set[str]:
+        """Those of ``uids`` that no event has mentioned since :meth:`begin_confirmation`
+        and that have no record."""
+        with self._lock:
+            touched = self._touched or set()
+            return {uid for uid in uids if uid not in self._pods and uid not in touched}
+
+    def finish_confirmation(self) -> None:
+        """Every pod of the barrier's LIST was delivered: the store is synced."""
+        with self._lock:
+            self._touched = None
+            self._confirmed = True
 
     # --- re-evaluation without pod events -------------------------------------------------
 
@@ -392,6 +442,11 @@ class PodStore:
                 for namespace in set(namespaces):
                     self._pending.update(dict.fromkeys(self._by_namespace.get(namespace, ())))
             return len(self._pending)
+
+    def namespace_changed(self, name: str, old: Mapping[str, str], new: Mapping[str, str]) -> None:
+        """A :class:`~.registry.Registry` namespace listener: a namespace's labels changed,
+        so a ClusterGoMemPolicy's ``namespaceSelector`` may now select its pods, or not."""
+        self.invalidate([name])
 
     def policy_changed(self, key: PolicyKey, old: Policy | None, new: Policy | None) -> None:
         """A :class:`~.registry.Registry` listener: queue the pods the change can affect.

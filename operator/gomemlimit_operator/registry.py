@@ -15,7 +15,7 @@ from .api import Policy, object_ref
 from .engine import governing_policy
 from .selectors import namespace_labels
 
-__all__ = ["PolicyKey", "Registry"]
+__all__ = ["Listener", "NamespaceListener", "PolicyKey", "Registry"]
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +35,13 @@ class PolicyKey:
 
 Listener = Callable[[PolicyKey, Policy | None, Policy | None], None]
 """Called with (key, old, new) after a valid policy appears, changes or goes away."""
+NamespaceListener = Callable[[str, dict[str, str], dict[str, str]], None]
+"""Called with (name, old labels, new labels) after a namespace's effective labels change.
+
+Effective labels always include ``kubernetes.io/metadata.name``; a namespace the registry
+does not know has just that one, so learning about a labelled namespace, or forgetting one,
+is a change too. Repeating the same labels (a re-listing) notifies no one.
+"""
 
 
 class Registry:
@@ -46,9 +53,17 @@ class Registry:
         self._invalid: dict[PolicyKey, str] = {}
         self._namespaces: dict[str, dict[str, str]] = {}
         self._listeners: list[Listener] = []
+        self._namespace_listeners: list[NamespaceListener] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def subscribe_namespaces(self, listener: NamespaceListener) -> None:
+        """Call ``listener`` whenever a namespace's effective labels change.
+
+        Listeners run in the caller's thread, after the registry's lock is released.
+        """
+        self._namespace_listeners.append(listener)
 
     def set_policy(self, policy: Policy) -> None:
         key = PolicyKey.of(policy)
@@ -83,12 +98,19 @@ class Registry:
             return dict(self._invalid)
 
     def set_namespace(self, name: str, labels: Mapping[str, str] | None) -> None:
+        new = namespace_labels(name, labels)
         with self._lock:
-            self._namespaces[name] = namespace_labels(name, labels)
+            old = self._namespaces.get(name) or namespace_labels(name)
+            self._namespaces[name] = new
+        if old != new:
+            self._notify_namespace(name, old, new)
 
     def remove_namespace(self, name: str) -> None:
         with self._lock:
-            self._namespaces.pop(name, None)
+            old = self._namespaces.pop(name, None)
+        default = namespace_labels(name)
+        if old is not None and old != default:
+            self._notify_namespace(name, old, default)
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         with self._lock:
@@ -104,3 +126,7 @@ class Registry:
     def _notify(self, key: PolicyKey, old: Policy | None, new: Policy | None) -> None:
         for listener in list(self._listeners):
             listener(key, old, new)
+
+    def _notify_namespace(self, name: str, old: dict[str, str], new: dict[str, str]) -> None:
+        for listener in list(self._namespace_listeners):
+            listener(name, dict(old), dict(new))

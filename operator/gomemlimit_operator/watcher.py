@@ -9,21 +9,26 @@ to the engine's :class:`~.engine.PodFacts`; the body is not kept.
 * Every pod of a watched namespace is recorded, including kube-system and the operator's
   own namespace: exemption is a webhook matter. Those pods show as ``unmanaged`` unless a
   policy selects them, which is then worth seeing.
-* Policy changes reach the store through the registry listener (:meth:`PodStore.policy_changed`)
+* Policy changes reach the store through the registry listener (:meth:`PodStore.policy_changed`),
+  namespace label changes through the namespace listener (:meth:`PodStore.namespace_changed`),
   and are re-evaluated here, from the records, in chunks that yield to the event loop: no API
-  call and no pod event needed. A full pass every ``full_interval`` also catches namespace
-  label changes (the registry does not report them) and stamps the time of the last full
-  evaluation, which a stalled watcher stops advancing.
+  call and no pod event needed. A full pass every ``full_interval`` re-evaluates every pod as a
+  safety net and stamps the time of the last full evaluation, which a stalled watcher stops
+  advancing.
+* :func:`confirm_listing` is the start-up barrier: kopf does not say when its initial listing
+  is complete, so a LIST of pod uids tells which pods the watch must deliver before the store
+  counts as synced (and policy status may be written).
 
-Only the active replica (the kopf peering leader, whose watch streams run) does full passes;
-a paused replica's store is frozen and :mod:`metrics` hides its pod series.
+Every replica watches pods and keeps its store current, so that a new leader can take over
+with complete records; only the leader exports the pod series and writes status (see
+:mod:`leader`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 import kopf
@@ -31,7 +36,7 @@ import kopf
 from .engine import SpecError, pod_facts
 from .records import PodStore
 
-__all__ = ["TERMINAL_PHASES", "PodWatcher", "register"]
+__all__ = ["TERMINAL_PHASES", "PodWatcher", "confirm_listing", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +48,8 @@ class PodWatcher:
 
     ``watches(namespace)``: whether pods of this namespace are handled (the operator's
     ``--watch-namespace`` setting; kopf may already restrict its watch to them).
-    ``is_active()``: whether this replica's watch streams run (the peering leader).
+    ``is_active()``: whether this replica should run full passes (every replica does in the
+    operator, since every replica watches).
     """
 
     def __init__(
@@ -133,6 +139,52 @@ class PodWatcher:
             except Exception:  # a bug must not stop the watcher's bookkeeping for good
                 logger.exception("Pod watcher housekeeping failed.")
             await asyncio.sleep(self.interval)
+
+
+async def confirm_listing(
+    store: PodStore,
+    list_uids: Callable[[], Collection[str]],
+    *,
+    poll: float = 0.2,
+    relist_after: float = 5.0,
+    max_relist_after: float = 60.0,
+    retry: float = 2.0,
+) -> None:
+    """The start-up barrier: return once the watch delivered every pod a LIST returned.
+
+    ``list_uids()`` (blocking; run in a thread) returns the uids of the pods that exist now.
+    Each must reach the store through the watch, or be mentioned by an event (deleted,
+    finished). A LIST taken before kopf's own listing may name a pod deleted in between,
+    which the watch never reports: so a pod still unconfirmed after ``relist_after``
+    seconds is looked up again with a new LIST, and dropped if it is gone. The wait between
+    LISTs doubles up to ``max_relist_after``. Then :meth:`PodStore.finish_confirmation`
+    marks the store synced. An empty cluster is synced as soon as the LIST answers.
+    """
+    store.begin_confirmation()
+    loop = asyncio.get_running_loop()
+    pending: set[str] | None = None
+    wait = relist_after
+    failures = 0
+    while True:
+        try:
+            listed = await asyncio.to_thread(list_uids)
+        except Exception as exc:
+            failures += 1
+            level = logging.WARNING if failures == 1 or failures % 15 == 0 else logging.DEBUG
+            logger.log(level, "Listing pods for the start-up barrier failed: %s", exc)
+            await asyncio.sleep(retry)
+            continue
+        pending = store.unconfirmed(listed if pending is None else pending.intersection(listed))
+        deadline = loop.time() + wait
+        while pending and loop.time() < deadline:
+            await asyncio.sleep(poll)
+            pending = store.unconfirmed(pending)
+        if not pending:
+            break
+        logger.info("Waiting for the pod watch to deliver %d more pods.", len(pending))
+        wait = min(wait * 2, max_relist_after)
+    store.finish_confirmation()
+    logger.info("Pod records synced: %d pods.", len(store))
 
 
 def register(kopf_registry: kopf.OperatorRegistry, watcher: PodWatcher) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from collections.abc import Callable
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_records import Clock, make_pod, observe, policy
 
 from gomemlimit_operator import __version__
+from gomemlimit_operator.health import metrics_server
 from gomemlimit_operator.metrics import WatcherCollector, register_collector
 from gomemlimit_operator.records import PodStore
 from gomemlimit_operator.registry import PolicyKey, Registry
@@ -165,8 +168,9 @@ def test_process_series(store: PodStore, registry: Registry, clock: Clock) -> No
     series, types = scrape(prometheus)
     assert of(series, "gomemlimit_build_info") == {labels(version=__version__): 1}
     assert of(series, "gomemlimit_last_evaluation_timestamp_seconds") == {(): 0}
-    assert of(series, "gomemlimit_watcher_active") == {(): 1}
+    assert of(series, "gomemlimit_leader") == {(): 1}
     assert of(series, "gomemlimit_watcher_synced") == {(): 0}
+    assert of(series, "gomemlimit_policy_status_writes_total") == {(): 0}
     assert types["gomemlimit_watch_events"] == "counter"
     assert of(series, "gomemlimit_watch_events_total")[labels(type="added")] == 0
 
@@ -182,7 +186,7 @@ def test_process_series(store: PodStore, registry: Registry, clock: Clock) -> No
     assert of(series, "gomemlimit_reevaluated_pods_total") == {(): 1}
 
 
-def test_a_paused_replica_exports_no_cluster_state(store: PodStore, registry: Registry) -> None:
+def test_a_follower_exports_no_cluster_state(store: PodStore, registry: Registry) -> None:
     active = True
     prometheus = collector_registry(store, registry, is_active=lambda: active)
     observe(store, make_pod("crash", gomemlimit="512Mi"))
@@ -197,7 +201,7 @@ def test_a_paused_replica_exports_no_cluster_state(store: PodStore, registry: Re
         "gomemlimit_watched_pods",
     ):
         assert name not in types
-    assert of(series, "gomemlimit_watcher_active") == {(): 0}
+    assert of(series, "gomemlimit_leader") == {(): 0}
     assert of(series, "gomemlimit_build_info") == {labels(version=__version__): 1}
 
 
@@ -216,3 +220,32 @@ def test_registering_does_not_collect(store: PodStore, registry: Registry) -> No
         prometheus.register(WatcherCollector(store, registry))
     scrape(prometheus)
     assert calls == [1]
+
+
+def test_status_writes_of_this_replica_are_counted(store: PodStore, registry: Registry) -> None:
+    writes = 0
+    prometheus = CollectorRegistry()
+    register_collector(
+        store, registry, status_writes=lambda: writes, prometheus_registry=prometheus
+    )
+    assert prometheus.get_sample_value("gomemlimit_policy_status_writes_total") == 0
+    writes = 3
+    assert prometheus.get_sample_value("gomemlimit_policy_status_writes_total") == 3
+
+
+def test_the_metrics_server_exports_no_created_series() -> None:
+    prometheus = CollectorRegistry()
+    counter = Counter("e2e_things", "Things.", registry=prometheus)
+    counter.inc()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with metrics_server("127.0.0.1", port, prometheus), urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    assert "e2e_things_total 1.0" in text
+    assert "_created" not in text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

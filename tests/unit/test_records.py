@@ -116,6 +116,7 @@ def registry() -> Registry:
 def store(registry: Registry, clock: Clock) -> Iterator[PodStore]:
     store = PodStore(registry, settle_seconds=5, clock=clock, wall_clock=clock)
     registry.subscribe(store.policy_changed)
+    registry.subscribe_namespaces(store.namespace_changed)
     clock.now += 15  # quiet long enough: synced without any listing
     yield store
     consistent(store)
@@ -276,19 +277,37 @@ def test_namespaced_policy_beats_cluster_policy_and_releases_on_delete(
     assert containers(store) == {("team", CLUSTER, State.MISSING): 1}
 
 
-def test_namespace_label_changes_need_a_full_pass(store: PodStore, registry: Registry) -> None:
+def test_namespace_label_changes_queue_that_namespace_only(
+    store: PodStore, registry: Registry
+) -> None:
     prod = policy("prod", spec={"namespaceSelector": {"matchLabels": {"env": "prod"}}})
     registry.set_policy(prod)
     observe(store, make_pod("a", "shop"))
-    assert containers(store) == {("shop", "", State.UNMANAGED): 1}
-    registry.set_namespace("shop", {"env": "prod"})  # the registry notifies no listener
-    store.invalidate()
+    observe(store, make_pod("b", "other"))
     store.reevaluate_pending()
-    assert containers(store) == {("shop", prod.ref, State.MISSING): 1}
+    assert containers(store) == {
+        ("shop", "", State.UNMANAGED): 1,
+        ("other", "", State.UNMANAGED): 1,
+    }
+    registry.set_namespace("shop", {"env": "prod"})  # the namespace listener queues it
+    assert store.pending() == 1  # shop's one pod; other's is not queued
+    store.reevaluate_pending()
+    assert containers(store) == {
+        ("shop", prod.ref, State.MISSING): 1,
+        ("other", "", State.UNMANAGED): 1,
+    }
+    registry.set_namespace("shop", {"env": "prod"})  # the same labels again: nothing to do
+    assert store.pending() == 0
     registry.set_namespace("shop", {})
-    store.invalidate()
     store.reevaluate_pending()
-    assert containers(store) == {("shop", "", State.UNMANAGED): 1}
+    assert containers(store) == {
+        ("shop", "", State.UNMANAGED): 1,
+        ("other", "", State.UNMANAGED): 1,
+    }
+    registry.set_namespace("shop", {"env": "prod"})
+    registry.remove_namespace("shop")  # forgotten: back to the name label only
+    store.reevaluate_pending()
+    assert containers(store)[("shop", "", State.UNMANAGED)] == 1
 
 
 def test_chunked_reevaluation(store: PodStore, registry: Registry, clock: Clock) -> None:
@@ -351,8 +370,38 @@ def test_counts_wait_for_the_first_listing(registry: Registry, clock: Clock) -> 
     store.settle()
     assert store.synced
     assert store.counts(CLUSTER) == (1, 1, ContainerCounts(missing=1))
-    observe(store, make_pod("b"), listing=True)  # a re-listing: partial again
+    # A re-listing after a watch reconnects: the records stay the last known state.
+    observe(store, make_pod("b"), listing=True)
+    assert store.synced
+    assert store.counts(CLUSTER) == (2, 2, ContainerCounts(missing=2))
+
+
+def test_without_quiet_sync_an_idle_store_waits_for_its_barrier(
+    registry: Registry, clock: Clock
+) -> None:
+    store = PodStore(registry, settle_seconds=5, quiet_sync=False, clock=clock, wall_clock=clock)
+    clock.now += 3600
+    assert not store.synced
     assert store.counts(CLUSTER) is None
+    store.begin_confirmation()
+    store.finish_confirmation()
+    assert store.synced
+
+
+def test_the_barrier_counts_pods_that_events_mentioned(registry: Registry, clock: Clock) -> None:
+    store = PodStore(registry, settle_seconds=5, quiet_sync=False, clock=clock, wall_clock=clock)
+    observe(store, make_pod("early"), listing=True)  # before the barrier began
+    store.begin_confirmation()
+    listed = {"uid-default-early", "uid-default-late", "uid-default-gone", "uid-default-done"}
+    assert store.unconfirmed(listed) == listed - {"uid-default-early"}
+    observe(store, make_pod("late"), listing=True)
+    store.forget("uid-default-gone")  # a DELETED event for a pod never recorded
+    store.forget("uid-default-done", listing_namespace="default")  # listed, but finished
+    assert store.unconfirmed(listed) == set()
+    assert not store.synced  # the barrier itself decides when it is done
+    store.finish_confirmation()
+    assert store.synced
+    assert store.unconfirmed({"uid-x"}) == {"uid-x"}  # no longer remembering events
 
 
 def test_an_empty_scope_is_synced_after_a_quiet_while(registry: Registry, clock: Clock) -> None:
@@ -448,6 +497,7 @@ def test_bookkeeping_matches_a_fresh_evaluation(ops: list[tuple[Any, Any, Any]])
     clock = Clock()
     store = PodStore(registry, settle_seconds=5, clock=clock, wall_clock=clock)
     registry.subscribe(store.policy_changed)
+    registry.subscribe_namespaces(store.namespace_changed)
     alive: dict[str, dict[str, Any]] = {}
     for op, arg, flag in ops:
         if op == "observe":
@@ -462,8 +512,7 @@ def test_bookkeeping_matches_a_fresh_evaluation(ops: list[tuple[Any, Any, Any]])
         elif op == "remove":
             registry.remove_policy(PolicyKey.of(POLICIES[arg]))
         elif op == "label-ns":
-            registry.set_namespace(arg, {"env": "prod"} if flag else {})
-            store.invalidate()
+            registry.set_namespace(arg, {"env": "prod"} if flag else {})  # the listener queues
         else:
             store.reevaluate_pending(budget=arg)
         consistent(store)

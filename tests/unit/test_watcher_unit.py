@@ -19,7 +19,7 @@ from gomemlimit_operator.engine import State
 from gomemlimit_operator.operator_main import assert_pods_read_only
 from gomemlimit_operator.records import PodStore
 from gomemlimit_operator.registry import PolicyKey, Registry
-from gomemlimit_operator.watcher import PodWatcher, register
+from gomemlimit_operator.watcher import PodWatcher, confirm_listing, register
 
 CLUSTER = "ClusterGoMemPolicy/all"
 
@@ -200,20 +200,96 @@ def test_pods_register_wires_store_handler_metrics_and_status_counts() -> None:
         config=config,
         registry=registry,
         kopf_registry=kopf.OperatorRegistry(),
-        status_writer=SimpleNamespace(counts_provider=None),
+        status_writer=SimpleNamespace(counts_provider=None, writes=0),
         background=[],
     )
     prometheus = CollectorRegistry()
-    wired = pods.register(cast(Any, components), prometheus_registry=prometheus)
+    leading = True
+    wired = pods.register(
+        cast(Any, components), is_active=lambda: leading, prometheus_registry=prometheus
+    )
     assert wired.store.per_namespace_listing
+    assert wired.store.quiet_sync  # no barrier: an idle cluster is synced after a while
     assert components.status_writer.counts_provider == wired.store.counts
     assert components.background == [wired.watcher.run]
     assert len(kopf_pod_handlers(components.kopf_registry)) == 1
     wired.watcher.handle(event("ADDED", make_pod("a")))
     registry.set_policy(policy("all", spec={"containers": ["none"]}))  # the listener is wired
     assert wired.store.pending() == 1
+    wired.store.reevaluate_pending()
+    registry.set_namespace("default", {"team": "x"})  # so is the namespace listener
+    assert wired.store.pending() == 1
     assert prometheus.get_sample_value("gomemlimit_watched_pods") == 1
+    components.status_writer.writes = 2
+    assert prometheus.get_sample_value("gomemlimit_policy_status_writes_total") == 2
+    leading = False
+    assert prometheus.get_sample_value("gomemlimit_leader") == 0
+    assert prometheus.get_sample_value("gomemlimit_watched_pods") is None
 
-    again = pods.register(cast(Any, components), prometheus_registry=prometheus)  # no clash
+    components.background.clear()
+    again = pods.register(  # a second build replaces the collector: no clash
+        cast(Any, components), list_uids=lambda: set(), prometheus_registry=prometheus
+    )
     assert prometheus.get_sample_value("gomemlimit_watched_pods") == 0
     assert again.collector is not wired.collector
+    assert not again.store.quiet_sync
+    assert len(components.background) == 2  # the housekeeping and the start-up barrier
+
+    async def barrier() -> None:
+        await asyncio.wait_for(components.background[1](), timeout=5)
+
+    assert not again.store.synced
+    asyncio.run(barrier())  # an empty cluster: synced as soon as the LIST answers
+    assert again.store.synced
+
+
+class Lister:
+    """A fake LIST of pod uids: answers from a script, one entry per call."""
+
+    def __init__(self, *answers: set[str] | Exception) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def __call__(self) -> set[str]:
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return set(answer)
+
+
+def test_the_barrier_waits_for_every_listed_pod(store: PodStore) -> None:
+    store.quiet_sync = False
+    watcher = PodWatcher(store)
+    lister = Lister({"uid-default-a", "uid-default-b"})
+
+    async def scenario() -> None:
+        task = asyncio.create_task(confirm_listing(store, lister, poll=0.01, relist_after=30))
+        watcher.handle(event(None, make_pod("a")))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        assert not store.synced  # b has not been delivered yet
+        watcher.handle(event("DELETED", make_pod("b")))  # an event about b is enough
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert store.synced
+    assert lister.calls == 1
+
+
+def test_the_barrier_drops_pods_a_new_listing_no_longer_has(store: PodStore) -> None:
+    # "gone" was deleted between the barrier's LIST and kopf's: no event will ever name it.
+    store.quiet_sync = False
+    lister = Lister(RuntimeError("HTTP 500"), {"uid-gone", "uid-here"}, {"uid-here", "uid-new"})
+    watcher = PodWatcher(store)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(
+            confirm_listing(store, lister, poll=0.01, relist_after=0.05, retry=0.01)
+        )
+        watcher.handle(event(None, make_pod("here", uid="uid-here")))
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert store.synced
+    assert lister.calls == 3  # a failure, then a LIST with "gone", then one without it
