@@ -18,7 +18,9 @@ from typing import Final, TypeVar
 
 __all__ = [
     "DEFAULT_DEV_WEBHOOK_NAME",
+    "DEFAULT_LEASE_DURATION",
     "DEFAULT_NAMESPACE",
+    "DEV_LEASE_NAMESPACE",
     "ENV_PREFIX",
     "ConfigError",
     "OperatorConfig",
@@ -30,6 +32,9 @@ ENV_PREFIX: Final = "GOMEMLIMIT_OPERATOR_"
 DEFAULT_NAMESPACE: Final = "gomemlimit-system"
 DEFAULT_DEV_WEBHOOK_NAME: Final = "gomemlimit-operator-dev"
 ALWAYS_EXEMPT: Final = ("kube-system",)
+DEFAULT_LEASE_DURATION: Final = 15
+DEV_LEASE_NAMESPACE: Final = "default"
+"""With --dev, the Lease lives here unless told otherwise: every cluster has it."""
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -71,6 +76,14 @@ class OperatorConfig:
     """Least time between two status writes of one policy."""
     kubeconfig: Path | None = None
     """Explicit kubeconfig; otherwise in-cluster credentials, then $KUBECONFIG/~/.kube/config."""
+    leader_election: bool = True
+    """Elect one replica (a Lease) to write policy status and export the pod series."""
+    leader_election_namespace: str = DEFAULT_NAMESPACE
+    """Namespace of the Lease: --namespace, or ``default`` with --dev."""
+    leader_election_identity: str | None = None
+    """This replica's holderIdentity; None: $POD_NAME (else the host name) and a random suffix."""
+    leader_election_lease_duration: int = DEFAULT_LEASE_DURATION
+    """Seconds a follower waits for a silent leader's lease to expire (the failover time)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -153,6 +166,22 @@ def _log_level(text: str) -> str:
 def _object_name(text: str) -> str:
     if not _DNS_SUBDOMAIN.match(text):
         raise ValueError(f"{text!r} is not an object name (a lowercase RFC 1123 subdomain)")
+    return text
+
+
+def _lease_duration(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of seconds") from None
+    if not 2 <= value <= 300:
+        raise ValueError(f"{value} is outside 2..300 seconds")
+    return value
+
+
+def _identity(text: str) -> str:
+    if not text or len(text) > 128 or any(not c.isprintable() or c.isspace() for c in text):
+        raise ValueError(f"{text!r} is not an identity (1 to 128 printable characters, no spaces)")
     return text
 
 
@@ -241,6 +270,32 @@ def build_parser(prog: str = "gomemlimit operator") -> argparse.ArgumentParser:
         help="least time between two status writes of one policy (default 5)",
     )
     add("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    add(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "elect one replica through a Lease to write policy status and export the pod "
+            "series; every replica serves the webhook (default on)"
+        ),
+    )
+    add(
+        "--leader-election-namespace",
+        metavar="NAMESPACE",
+        help="namespace of the Lease gomemlimit-operator (default: --namespace; with --dev: "
+        "default)",
+    )
+    add(
+        "--leader-election-identity",
+        metavar="ID",
+        help="this replica's Lease holder identity (default $POD_NAME or the host name, "
+        "plus a random suffix)",
+    )
+    add(
+        "--leader-election-lease-duration",
+        metavar="SECONDS",
+        help=f"how long a silent leader keeps the Lease, 2..300 (default {DEFAULT_LEASE_DURATION})",
+    )
     return parser
 
 
@@ -301,6 +356,16 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> O
     noncompliant = args.noncompliant_info
     if noncompliant is None:
         noncompliant = _pick(None, "--noncompliant-info", env, _bool, True)
+    election = args.leader_election
+    if election is None:
+        election = _pick(None, "--leader-election", env, _bool, True)
+    lease_namespace = _pick(
+        args.leader_election_namespace,
+        "--leader-election-namespace",
+        env,
+        _namespace_name,
+        DEV_LEASE_NAMESPACE if dev else namespace,
+    )
 
     config = OperatorConfig(
         webhook_port=_pick(args.webhook_port, "--webhook-port", env, _port, 9443),
@@ -324,6 +389,18 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> O
         ),
         # $KUBECONFIG needs no variable of ours: the Kubernetes client reads it by itself.
         kubeconfig=None if args.kubeconfig is None else Path(args.kubeconfig),
+        leader_election=bool(election),
+        leader_election_namespace=lease_namespace,
+        leader_election_identity=_pick(
+            args.leader_election_identity, "--leader-election-identity", env, _identity, None
+        ),
+        leader_election_lease_duration=_pick(
+            args.leader_election_lease_duration,
+            "--leader-election-lease-duration",
+            env,
+            _lease_duration,
+            DEFAULT_LEASE_DURATION,
+        ),
     )
     _check(config)
     return config

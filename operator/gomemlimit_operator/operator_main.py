@@ -4,20 +4,27 @@ Composition (all in :func:`build_components`, one place to add handlers):
 
 * a shared :class:`registry.Registry`, filled by :mod:`policies` and read by :mod:`webhook`;
 * an explicit ``kopf.OperatorRegistry`` and ``kopf.OperatorSettings`` (no global state; no
-  ``kopf run``), run with ``standalone=True`` (no peering yet: the HA part adds it);
+  ``kopf run``), run with ``standalone=True``;
 * kopf's ``WebhookServer`` with an explicit host, port and certificate files (it reloads
   changed files), never kopf's managed webhook mode;
 * the Prometheus ``/metrics`` server and the ``/healthz``, ``/readyz`` server;
-* background tasks: the policy LIST/resync, the status writer, and with ``--dev`` the
+* background tasks: the policy LIST/resync, the status writer, the pod watcher's
+  housekeeping and start-up barrier, the leader election campaign, and with ``--dev`` the
   webhook configuration registration and its probe.
+
+High availability: every replica runs kopf standalone (policies, namespaces and pods are
+watched everywhere, so every webhook answers with a current policy index) and a Lease
+(:mod:`leader`) elects the one replica that writes policy status and exports the pod series.
+kopf peering is not used: it pauses every watch stream of a non-leader replica.
 
 kopf writes nothing onto pods: the only pod handler is the admission webhook, which answers
 requests and never calls the API. :func:`assert_pods_read_only` refuses to start if a
 handler that would write annotations or finalizers (on.create/update/resume/delete/field,
 timers, daemons) is ever registered for pods.
 
-SIGTERM or SIGINT stops kopf cleanly; the ``--dev`` configuration is deleted and the process
-exits 0. Bad flags exit 2; failures at start (no cluster credentials, a port in use) exit 1.
+SIGTERM or SIGINT stops kopf cleanly; the Lease is released, the ``--dev`` configuration is
+deleted and the process exits 0. Bad flags exit 2; failures at start (no cluster
+credentials, a port in use) exit 1.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -47,6 +55,7 @@ from .devwebhook import (
     url_client_config,
 )
 from .health import HealthServer, Readiness, metrics_server
+from .leader import LEASE_NAME, ElectionTiming, KubernetesLeaseClient, LeaderElector
 from .policy_status import PolicyStatusWriter, kubernetes_status_patcher
 from .registry import Registry
 
@@ -197,6 +206,13 @@ class Components:
     probe: DevProbe | None
     background: list[BackgroundTask] = field(default_factory=list)
     serving: asyncio.Event = field(default_factory=asyncio.Event)
+    elector: LeaderElector | None = None
+    """The Lease campaign; None with --no-leader-election (this replica always leads)."""
+    compliance: pods.PodCompliance | None = None
+
+    def is_leader(self) -> bool:
+        """Whether this replica exports the pod series and (once synced) writes status."""
+        return self.elector is None or self.elector.is_leader()
 
 
 def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: Path) -> Components:
@@ -269,11 +285,46 @@ def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: 
         )
     )
     components.background.append(status_writer.run)
-    # The pod compliance watcher, its metrics and the status counts (issue 5).
-    pods.register(components)
-    # Later parts (leader election) register here too.
+    # High availability: every replica serves the webhook with a current policy index (kopf
+    # runs standalone everywhere; kopf peering would pause every watch on the followers). A
+    # Lease elects the one replica that writes status and exports the pod series.
+    if config.leader_election:
+        timing = ElectionTiming.for_lease(config.leader_election_lease_duration)
+        components.elector = LeaderElector(
+            KubernetesLeaseClient(
+                api_client,
+                config.leader_election_namespace,
+                LEASE_NAME,
+                timeout=timing.request_timeout,
+            ),
+            config.leader_election_identity or default_identity(),
+            timing=timing,
+            on_change=lambda leading: status_writer.wake(),
+            description=f"lease {config.leader_election_namespace}/{LEASE_NAME}",
+        )
+        components.background.append(components.elector.run)
+    # The pod compliance watcher, its metrics and the status counts (issue 5). Every replica
+    # watches and keeps its records current; only the leader exports them and writes status,
+    # and only once its records are synced (a new leader never publishes partial counts).
+    compliance = pods.register(
+        components,
+        is_active=components.is_leader,
+        list_uids=pods.pod_uid_lister(api_client, config.watch_namespaces),
+    )
+    components.compliance = compliance
+    status_writer.is_leader = lambda: components.is_leader() and compliance.store.synced
     assert_pods_read_only(kopf_registry)
     return components
+
+
+def default_identity() -> str:
+    """$POD_NAME (else the host name) and a random suffix, like controller-runtime's.
+
+    The suffix makes a restarted process a new candidate: it waits for its predecessor's
+    lease to expire instead of acting as if it had held it all along.
+    """
+    base = os.environ.get("POD_NAME") or socket.gethostname() or "gomemlimit-operator"
+    return f"{base}_{secrets.token_hex(4)}"
 
 
 def _reachable(bind_host: str) -> str:
@@ -420,6 +471,13 @@ async def run(config: OperatorConfig) -> int:
                     config.bind_host,
                     " (dev)" if config.dev else "",
                 )
+                if components.elector is not None:
+                    logger.info(
+                        "Leader election: %s as %s (lease duration %ds).",
+                        components.elector.description,
+                        components.elector.identity,
+                        config.leader_election_lease_duration,
+                    )
                 await kopf.operator(
                     registry=components.kopf_registry,
                     settings=settings,
@@ -442,6 +500,8 @@ async def run(config: OperatorConfig) -> int:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            if components.elector is not None:  # status writing has stopped: hand over now
+                await components.elector.stop()
             for registration in registrations:
                 try:
                     await asyncio.wait_for(asyncio.to_thread(registration.remove), timeout=15)

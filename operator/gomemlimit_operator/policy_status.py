@@ -12,7 +12,9 @@ Hooks for later parts:
 * ``counts_provider(policy_ref) -> (matched_pods, governed_containers, ContainerCounts) | None``
   (``policy_ref`` as :attr:`api.Policy.ref`); None means "not observed yet" and leaves
   ``Compliant`` Unknown and the count fields as they are.
-* ``is_leader() -> bool``: only the leader writes; others keep tracking so they can take over.
+* ``is_leader() -> bool``: only the leader writes (``operator_main`` also waits until its pod
+  records are synced); others keep tracking the live status from watch events, so a new leader
+  writes only what differs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .engine import NONCOMPLIANT_STATES
 from .registry import PolicyKey
 
 __all__ = [
+    "FIELD_MANAGER",
     "PLURALS",
     "CountsProvider",
     "PolicyStatusWriter",
@@ -52,6 +55,8 @@ StatusPatcher = Callable[[PolicyKey, dict[str, Any]], None]
 
 READY: Final = "Ready"
 COMPLIANT: Final = "Compliant"
+FIELD_MANAGER: Final = "gomemlimit-operator"
+"""The manager of the status fields in ``metadata.managedFields``, whichever replica wrote."""
 
 
 class PolicyGoneError(Exception):
@@ -356,11 +361,24 @@ def kubernetes_status_patcher(api_client: Any) -> StatusPatcher:
         try:
             if key.namespace is None:
                 api.patch_cluster_custom_object_status(
-                    GROUP, VERSION, plural, key.name, body, _request_timeout=30
+                    GROUP,
+                    VERSION,
+                    plural,
+                    key.name,
+                    body,
+                    field_manager=FIELD_MANAGER,
+                    _request_timeout=30,
                 )
             else:
                 api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, key.namespace, plural, key.name, body, _request_timeout=30
+                    GROUP,
+                    VERSION,
+                    key.namespace,
+                    plural,
+                    key.name,
+                    body,
+                    field_manager=FIELD_MANAGER,
+                    _request_timeout=30,
                 )
         except ApiException as exc:
             if exc.status == 404:

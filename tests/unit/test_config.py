@@ -122,3 +122,60 @@ def test_config_is_frozen() -> None:
     config = OperatorConfig()
     with pytest.raises(AttributeError):
         config.webhook_port = 1  # type: ignore[misc]
+
+
+def test_leader_election_defaults(tls: list[str]) -> None:
+    dev = parse_config(["--dev"], env={})
+    assert dev.leader_election
+    assert dev.leader_election_namespace == "default"  # every cluster has it
+    assert dev.leader_election_identity is None  # chosen at start
+    assert dev.leader_election_lease_duration == 15
+    installed = parse_config(tls, env={"POD_NAMESPACE": "ops"})
+    assert installed.leader_election_namespace == "ops"  # the operator's own namespace
+
+
+def test_leader_election_flags_and_environment() -> None:
+    config = parse_config(
+        [
+            "--dev",
+            "--no-leader-election",
+            "--leader-election-namespace",
+            "locks",
+            "--leader-election-identity",
+            "replica-a",
+            "--leader-election-lease-duration",
+            "4",
+        ],
+        env={},
+    )
+    assert not config.leader_election
+    assert config.leader_election_namespace == "locks"
+    assert config.leader_election_identity == "replica-a"
+    assert config.leader_election_lease_duration == 4
+    env = {
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION": "false",
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION_NAMESPACE": "env-locks",
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION_IDENTITY": "pod-1",
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION_LEASE_DURATION": "30",
+    }
+    config = parse_config(["--dev"], env=env)
+    assert not config.leader_election
+    assert config.leader_election_namespace == "env-locks"
+    assert config.leader_election_identity == "pod-1"
+    assert config.leader_election_lease_duration == 30
+    assert parse_config(["--dev", "--leader-election"], env=env).leader_election
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--leader-election-lease-duration", "1"], "--leader-election-lease-duration"),
+        (["--leader-election-lease-duration", "2.5"], "--leader-election-lease-duration"),
+        (["--leader-election-namespace", "No"], "--leader-election-namespace"),
+        (["--leader-election-identity", "a b"], "--leader-election-identity"),
+        (["--leader-election-identity", "x" * 129], "--leader-election-identity"),
+    ],
+)
+def test_bad_leader_election_values(argv: list[str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        parse_config(["--dev", *argv], env={})

@@ -11,7 +11,12 @@ import kubernetes
 import pytest
 
 from gomemlimit_operator.config import parse_config
-from gomemlimit_operator.operator_main import assert_pods_read_only, build_components, main
+from gomemlimit_operator.operator_main import (
+    assert_pods_read_only,
+    build_components,
+    default_identity,
+    main,
+)
 from gomemlimit_operator.webhook import WEBHOOK_ID
 
 
@@ -75,3 +80,49 @@ def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--webhook-port", "nope", "--dev"]) == 2
     assert "--webhook-port" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+def test_leader_election_decides_who_writes_status_and_exports(tmp_path: Path) -> None:
+    config = parse_config(
+        ["--dev", "--leader-election-identity", "replica-a", "--leader-election-namespace", "x"],
+        env={},
+    )
+    built = build_components(config, kubernetes.client.Configuration(), tmp_path)
+    elector = built.elector
+    assert elector is not None
+    assert elector.identity == "replica-a"
+    assert elector.client.namespace == "x"  # type: ignore[attr-defined]
+    assert elector.client.name == "gomemlimit-operator"  # type: ignore[attr-defined]
+    assert elector.run in built.background
+    assert built.compliance is not None
+    store = built.compliance.store
+    assert not store.quiet_sync  # the start-up barrier decides
+    # A follower neither exports nor writes.
+    assert not built.is_leader()
+    assert not built.status_writer.is_leader()
+    # A leader exports at once, but writes status only once its records are synced.
+    elector._leading, elector._valid_until = True, float("inf")
+    assert built.is_leader()
+    assert not built.status_writer.is_leader()
+    store.begin_confirmation()
+    store.finish_confirmation()
+    assert built.status_writer.is_leader()
+
+
+def test_without_leader_election_the_replica_always_leads(tmp_path: Path) -> None:
+    config = parse_config(["--dev", "--no-leader-election"], env={})
+    built = build_components(config, kubernetes.client.Configuration(), tmp_path)
+    assert built.elector is None
+    assert built.is_leader()
+    assert built.compliance is not None
+    built.compliance.store.finish_confirmation()
+    assert built.status_writer.is_leader()
+
+
+def test_the_default_identity_is_the_pod_name_and_a_suffix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAME", "gomemlimit-operator-7d9f-abcde")
+    first, second = default_identity(), default_identity()
+    assert first.startswith("gomemlimit-operator-7d9f-abcde_")
+    assert first != second  # a restarted process is a new candidate
