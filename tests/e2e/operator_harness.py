@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -86,7 +87,13 @@ def _http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 class OperatorProcess:
-    """One operator process on free ports; ``start``/``stop``/``kill`` it as needed."""
+    """One operator process on free ports; ``start``/``stop``/``kill`` it as needed.
+
+    By default it runs with ``--dev`` (it registers its own webhook configuration). With
+    ``tls=(cert, key)`` it runs as an installed replica does: that certificate, and no
+    webhook configuration of its own. ``identity`` is its Lease holder identity: a process
+    restarted with the same identity takes its own lease back at once.
+    """
 
     def __init__(
         self,
@@ -95,11 +102,19 @@ class OperatorProcess:
         *,
         extra_args: Sequence[str] = (),
         webhook_name: str = DEV_WEBHOOK_NAME,
+        tls: tuple[Path, Path] | None = None,
+        identity: str | None = None,
+        lease_namespace: str | None = None,
+        lease_duration: int | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = list(extra_args)
         self.webhook_name = webhook_name
+        self.tls = tls
+        self.identity = identity
+        self.lease_namespace = lease_namespace
+        self.lease_duration = lease_duration
         self.process: subprocess.Popen[bytes] | None = None
         self.webhook_port = self.metrics_port = self.health_port = 0
         self.starts = 0
@@ -109,13 +124,23 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
+        if self.tls is None:
+            mode = ["--dev", "--dev-webhook-name", self.webhook_name]
+        else:
+            mode = ["--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1])]
+        election: list[str] = []
+        if self.identity is not None:
+            election += ["--leader-election-identity", self.identity]
+        if self.lease_namespace is not None:
+            election += ["--leader-election-namespace", self.lease_namespace]
+        if self.lease_duration is not None:
+            election += ["--leader-election-lease-duration", str(self.lease_duration)]
         return [
             sys.executable,
             "-m",
             "gomemlimit_operator.operator_main",
-            "--dev",
-            "--dev-webhook-name",
-            self.webhook_name,
+            *mode,
+            *election,
             "--kubeconfig",
             str(self.kubeconfig),
             "--webhook-port",
@@ -130,6 +155,12 @@ class OperatorProcess:
         ]
 
     def start(self, timeout: float = 90.0) -> None:
+        """Start it (unless running) and wait until /readyz is ok."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting (see :meth:`wait_ready`)."""
         if self.running:
             return
         self.webhook_port, self.metrics_port, self.health_port = (
@@ -151,6 +182,8 @@ class OperatorProcess:
                 cwd=REPO,
             )
         self.starts += 1
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
         try:
             wait_until(self._ready_or_dead, "the operator's /readyz", timeout=timeout)
         except AssertionError:
@@ -179,12 +212,23 @@ class OperatorProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 if absent)."""
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        prefix = f"{name}{{{wanted}}}" if labels else name
-        for line in self.metrics().splitlines():
-            if line.startswith(prefix + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return self.samples(name).get(tuple(sorted(labels.items())), 0.0)
+
+    def samples(self, name: str, **where: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """Every sample called ``name`` whose labels include ``where``: labels -> value.
+
+        Labels are a sorted tuple of (name, value) pairs.
+        """
+        found: dict[tuple[tuple[str, str], ...], float] = {}
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and where.items() <= sample.labels.items():
+                    found[tuple(sorted(sample.labels.items()))] = sample.value
+        return found
+
+    def families(self) -> set[str]:
+        """The names of the metric families on /metrics."""
+        return {family.name for family in text_string_to_metric_families(self.metrics())}
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, and SIGKILL if it does not exit in time. Returns the exit status."""
@@ -306,7 +350,8 @@ def operator_service(
     cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    operator = OperatorProcess(Path(cluster.kubeconfig), log_path)
+    # A fixed identity: restarted after a kill, it takes its own lease back at once.
+    operator = OperatorProcess(Path(cluster.kubeconfig), log_path, identity="e2e-operator")
     operator.start()
     try:
         yield operator
