@@ -165,7 +165,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._stopped = False
         self._announced = False
-        self.transitions_seen = 0
+        self._noted_holder: str | None = None
 
     # --- state -----------------------------------------------------------------------------
 
@@ -274,7 +274,6 @@ class LeaderElector:
         if leading == self._announced:
             return
         self._announced = leading
-        self.transitions_seen += 1
         if leading:
             logger.info("This replica (%s) now leads (%s).", self.identity, self.description)
         elif self._stopped:
@@ -292,6 +291,15 @@ class LeaderElector:
             except Exception:
                 logger.exception("A leadership change callback failed.")
 
+    def _note_holder(self) -> None:
+        """Log, once per holder, who leads while this replica follows."""
+        holder = self.holder
+        if self._announced or holder == self._noted_holder:
+            return
+        self._noted_holder = holder
+        if holder is not None and holder != self.identity:
+            logger.info("Following: %s holds the lease (%s).", holder, self.description)
+
     async def run(self) -> None:
         """Campaign forever: renew while leading, poll while following."""
         failures = 0
@@ -305,6 +313,7 @@ class LeaderElector:
                 level = logging.WARNING if failures == 1 or failures % 30 == 0 else logging.DEBUG
                 logger.log(level, "Leader election (%s) failed: %s", self.description, _short(exc))
             self._announce()
+            self._note_holder()
             await asyncio.sleep(self.timing.renew_interval if held else self.timing.retry_interval)
 
     async def stop(self, timeout: float = 5.0) -> bool:

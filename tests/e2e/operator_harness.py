@@ -42,6 +42,7 @@ __all__ = [
     "cluster_policies",
     "crds",
     "free_port",
+    "free_ports",
     "get",
     "operator_process",
     "operator_service",
@@ -52,9 +53,19 @@ __all__ = [
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all sockets stay bound until every port is chosen
+    (binding one at a time can return the same port twice)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def wait_until(
@@ -159,15 +170,16 @@ class OperatorProcess:
         self.launch()
         self.wait_ready(timeout)
 
-    def launch(self) -> None:
-        """Start the process without waiting (see :meth:`wait_ready`)."""
+    def launch(self, ports: Sequence[int] | None = None) -> None:
+        """Start the process without waiting (see :meth:`wait_ready`).
+
+        ``ports``: (webhook, metrics, health); by default three free ones. Processes launched
+        together need ports chosen together (:func:`free_ports`): a port is only taken once
+        the process binds it.
+        """
         if self.running:
             return
-        self.webhook_port, self.metrics_port, self.health_port = (
-            free_port(),
-            free_port(),
-            free_port(),
-        )
+        self.webhook_port, self.metrics_port, self.health_port = ports or free_ports(3)
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOMEMLIMIT_OPERATOR_")}
         env["PYTHONUNBUFFERED"] = "1"
         with self.log_path.open("ab") as log:
@@ -345,22 +357,40 @@ def crds(cluster: Any) -> None:
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS))
 
 
+_SESSION_OPERATORS: dict[str, OperatorProcess] = {}
+"""The one session operator per cluster, shared by every module that imports the fixture."""
+
+
 @pytest.fixture(scope="session")
 def operator_service(
     cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    # A fixed identity: restarted after a kill, it takes its own lease back at once.
-    operator = OperatorProcess(Path(cluster.kubeconfig), log_path, identity="e2e-operator")
+    """The session's ``--dev`` operator. Test modules import this fixture, which makes pytest
+    create one fixture per module; they all share one process, or two of them would run at
+    once, both registering the same webhook configuration and both holding the lease (they
+    have the same identity)."""
+    key = str(cluster.kubeconfig)
+    operator = _SESSION_OPERATORS.get(key)
+    owner = operator is None
+    if operator is None:
+        log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+        # A fixed identity: restarted after a kill, it takes its own lease back at once.
+        operator = OperatorProcess(Path(cluster.kubeconfig), log_path, identity="e2e-operator")
+        _SESSION_OPERATORS[key] = operator
     operator.start()
     try:
         yield operator
     finally:
-        status = operator.stop()
-        print(f"operator exit status {status}; log: {log_path}")
-        cluster.kubectl(
-            "delete", "mutatingwebhookconfiguration", operator.webhook_name, "--ignore-not-found"
-        )
+        if owner:  # set up first, so torn down last
+            _SESSION_OPERATORS.pop(key, None)
+            status = operator.stop()
+            print(f"operator exit status {status}; log: {operator.log_path}")
+            cluster.kubectl(
+                "delete",
+                "mutatingwebhookconfiguration",
+                operator.webhook_name,
+                "--ignore-not-found",
+            )
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The replicas run as installed replicas do: a shared serving certificate from files and no
 webhook configuration of their own (``--dev`` would make each register its own). Their Lease
-lives in the test's namespace, with a 3 s lease duration to keep failover quick. The
+lives in the test's namespace, with a 4 s lease duration to keep failover quick. The
 session's ``--dev`` operator is stopped meanwhile, so that nothing else writes status; the
 next test that needs it starts it again.
 """
@@ -26,6 +26,7 @@ from operator_harness import (
     OperatorProcess,
     apply,
     crds,
+    free_ports,
     get,
     operator_service,
     policy_yaml,
@@ -40,7 +41,8 @@ from gomemlimit_operator.webhook import WEBHOOK_PATH
 
 __all__ = ["crds", "operator_service"]
 
-LEASE_SECONDS = 3
+LEASE_SECONDS = 4  # renew every 1.3 s, step down 2.7 s after the last renewal: some margin
+# for a loaded 2-core machine
 IMAGE = "registry.invalid/app:1"
 
 
@@ -75,9 +77,10 @@ def pair(
         )
         for name in ("a", "b")
     ]
+    ports = free_ports(6)
     try:
-        for replica in replicas:
-            replica.launch()
+        for index, replica in enumerate(replicas):
+            replica.launch(ports[3 * index : 3 * index + 3])
         for replica in replicas:
             replica.wait_ready()
         yield Pair(replicas[0], replicas[1], bundle.ca_pem)
@@ -233,8 +236,12 @@ def test_one_replica_writes_status_and_another_takes_over(
         "gomemlimit_policies",
     ):
         assert name not in families
-    # Only the leader wrote status, though both saw every change.
-    assert leader.metric("gomemlimit_policy_status_writes_total") >= 2
+    # Only the leader wrote status (Ready, then the counts), though both saw every change. A
+    # replica counts a write once the API server answered it: poll, the status may be earlier.
+    wait_until(
+        lambda: leader.metric("gomemlimit_policy_status_writes_total") >= 2,
+        "the leader to count its status writes",
+    )
     assert follower.metric("gomemlimit_policy_status_writes_total") == 0
     managers = {
         entry["manager"]
@@ -263,7 +270,10 @@ def test_one_replica_writes_status_and_another_takes_over(
     )
     apply(cluster, pod("p3"), namespace=namespace)
     wait_until(lambda: missing(cluster, namespace) == 3, "the new leader to update status")
-    assert follower.metric("gomemlimit_policy_status_writes_total") >= 1
+    wait_until(
+        lambda: follower.metric("gomemlimit_policy_status_writes_total") >= 1,
+        "the new leader to count its status write",
+    )
 
     # The old leader comes back as a follower; a clean stop of the new leader releases the
     # lease, so the other takes over at its next poll instead of after the lease duration.
