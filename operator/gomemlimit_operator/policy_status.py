@@ -309,6 +309,8 @@ class PolicyStatusWriter:
             return None
         ready, wait = self.due()
         for key, status in ready:
+            if not self.is_leader():  # lost the lease (or the records) during this round
+                return None
             tracked = self._tracked.get(key)
             if tracked is None:
                 continue
