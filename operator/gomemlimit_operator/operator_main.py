@@ -61,7 +61,9 @@ from .registry import Registry
 
 __all__ = [
     "Components",
+    "WatchOnlyDiffBaseStorage",
     "assert_pods_read_only",
+    "assert_watch_only",
     "build_components",
     "build_settings",
     "main",
@@ -148,7 +150,27 @@ def build_settings(config: OperatorConfig, server: kopf.WebhookServer) -> kopf.O
     settings.peering.standalone = True
     settings.execution.max_workers = 4  # all our handlers are async; kopf's own needs few
     settings.process.ultimate_exiting_timeout = 20
+    settings.persistence.diffbase_storage = WatchOnlyDiffBaseStorage()
     return settings
+
+
+class WatchOnlyDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff-base storage, minus the per-event "essence" of each object.
+
+    On every watch event kopf deep-copies the whole body (twice) to build an essence that
+    only change-detecting handlers (on.create/update/resume/field) and daemons or timers
+    use. This operator has none of them, which :func:`assert_watch_only` enforces at start,
+    so the essence is always empty: watching 1,000 pods costs about 0.5 s of CPU less
+    (bench/README.md, bench_webhook).
+    """
+
+    def build(
+        self,
+        *,
+        body: kopf.Body,
+        extra_fields: Any = None,
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
 
 
 PODS = kopf.Resource(
@@ -161,6 +183,23 @@ PODS = kopf.Resource(
     categories=frozenset({"all"}),
     namespaced=True,
 )
+
+
+def assert_watch_only(kopf_registry: kopf.OperatorRegistry) -> None:
+    """Refuse change-detecting handlers, daemons and timers on any resource.
+
+    :class:`WatchOnlyDiffBaseStorage` gives kopf an empty essence, which such handlers
+    would need to see what changed."""
+    writers = [
+        *kopf_registry._changing.get_all_handlers(),
+        *kopf_registry._spawning.get_all_handlers(),
+    ]
+    if writers:
+        names = ", ".join(repr(handler.id) for handler in writers)
+        raise RuntimeError(
+            f"handlers {names} need kopf's diff base; this operator is watch-only "
+            "(@kopf.on.event, @kopf.index, @kopf.on.mutate)"
+        )
 
 
 def assert_pods_read_only(kopf_registry: kopf.OperatorRegistry) -> None:
@@ -314,6 +353,7 @@ def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: 
     components.compliance = compliance
     status_writer.is_leader = lambda: components.is_leader() and compliance.store.synced
     assert_pods_read_only(kopf_registry)
+    assert_watch_only(kopf_registry)
     return components
 
 

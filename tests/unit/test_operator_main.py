@@ -12,7 +12,9 @@ import pytest
 
 from gomemlimit_operator.config import parse_config
 from gomemlimit_operator.operator_main import (
+    WatchOnlyDiffBaseStorage,
     assert_pods_read_only,
+    assert_watch_only,
     build_components,
     default_identity,
     main,
@@ -74,6 +76,38 @@ def test_a_policy_handler_that_writes_is_not_our_concern_here() -> None:
         pass
 
     assert_pods_read_only(kopf_registry)
+
+
+def test_watch_only_refuses_change_detecting_handlers_on_any_resource() -> None:
+    kopf_registry = kopf.OperatorRegistry()
+
+    @kopf.on.update("gomemlimit.io", "v1alpha1", "gomempolicies", registry=kopf_registry)
+    def on_policy(**_: Any) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="watch-only"):
+        assert_watch_only(kopf_registry)
+
+
+def test_the_operator_registry_is_watch_only() -> None:
+    kopf_registry = kopf.OperatorRegistry()
+    kopf.on.event("", "v1", "pods", registry=kopf_registry)(lambda **_: None)
+    kopf.index("", "v1", "pods", registry=kopf_registry)(lambda **_: None)
+    assert_watch_only(kopf_registry)
+
+
+def test_watch_only_diff_base_builds_no_essence_and_stores_nothing_on_pods() -> None:
+    storage = WatchOnlyDiffBaseStorage()
+    body = kopf.Body(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "app"}]},
+        }
+    )
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None  # nothing was ever written onto the pod
 
 
 def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
