@@ -406,6 +406,18 @@ class MutationResult:
     injected: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+def mutation_skip_reason(metadata: Mapping[str, Any], policy: Policy) -> str | None:
+    """Why a pod that ``policy`` governs must not be mutated, or None when it may be."""
+    annotations = metadata.get("annotations") or {}
+    if policy.spec.mode is not Mode.ENFORCE:
+        return f"{policy.ref} is in audit mode"
+    if _opted_out(annotations):
+        return f"the pod has {ANNOTATION_SKIP}=true"
+    if ANNOTATION_MIRROR in annotations:
+        return "mirror pods cannot be changed"
+    return None
+
+
 def mutate_pod(
     metadata: MutableMapping[str, Any],
     spec: MutableMapping[str, Any],
@@ -420,17 +432,13 @@ def mutate_pod(
     (recorded in the ``gomemlimit.io/injected`` annotation). A user's own value
     is replaced only when the policy says ``onExisting: override``.
     """
-    annotations = metadata.get("annotations") or {}
     if policy is None:
         return MutationResult(False, "no policy governs the pod")
-    if policy.spec.mode is not Mode.ENFORCE:
-        return MutationResult(False, f"{policy.ref} is in audit mode")
-    if _opted_out(annotations):
-        return MutationResult(False, f"the pod has {ANNOTATION_SKIP}=true")
-    if ANNOTATION_MIRROR in annotations:
-        return MutationResult(False, "mirror pods cannot be changed")
+    skip = mutation_skip_reason(metadata, policy)
+    if skip is not None:
+        return MutationResult(False, skip)
 
-    before = _injected(annotations)
+    before = _injected(metadata.get("annotations") or {})
     record: dict[str, dict[str, str]] = {}
     changed = False
     for slot in _slots(spec, prefix):

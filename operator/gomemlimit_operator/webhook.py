@@ -26,16 +26,8 @@ from typing import Any, Final
 import kopf
 
 from .admission_metrics import AdmissionMetrics, Result
-from .api import Mode
 from .devwebhook import DevProbe
-from .engine import (
-    ANNOTATION_MIRROR,
-    ANNOTATION_SKIP,
-    SpecError,
-    State,
-    evaluate_pod,
-    mutate_pod,
-)
+from .engine import SpecError, State, evaluate_pod, mutate_pod, mutation_skip_reason
 from .registry import Registry
 
 __all__ = [
@@ -83,21 +75,17 @@ def admit(
     registry; never modifies ``pod``."""
     metadata = pod.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "")
-    annotations = metadata.get("annotations") or {}
     if not namespace:
         return _skip("the request object has no namespace")
     if exempt(namespace):
         return _skip(f"namespace {namespace} is exempt")
-    if str(annotations.get(ANNOTATION_SKIP, "")).lower() == "true":
-        return _skip(f"the pod has {ANNOTATION_SKIP}=true")
-    if ANNOTATION_MIRROR in annotations:
-        return _skip("mirror pods cannot be changed")
     labels = {str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}
     policy = registry.governing(namespace, labels)
     if policy is None:
         return _skip("no policy governs the pod")
-    if policy.spec.mode is not Mode.ENFORCE:
-        return _skip(f"{policy.ref} is in audit mode", policy.ref)
+    skip = mutation_skip_reason(metadata, policy)  # audit mode, opted out, mirror pod
+    if skip is not None:
+        return _skip(skip, policy.ref)
 
     new_metadata = copy.deepcopy(dict(metadata))
     new_spec = copy.deepcopy(dict(pod.get("spec") or {}))
