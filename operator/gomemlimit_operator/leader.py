@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
+from .apierrors import describe as describe_api_error
+
 __all__ = [
     "LEASE_NAME",
     "ElectionTiming",
@@ -311,7 +313,12 @@ class LeaderElector:
                 held = False
                 failures += 1
                 level = logging.WARNING if failures == 1 or failures % 30 == 0 else logging.DEBUG
-                logger.log(level, "Leader election (%s) failed: %s", self.description, _short(exc))
+                logger.log(
+                    level,
+                    "Leader election (%s) failed: %s",
+                    self.description,
+                    describe_api_error(exc),
+                )
             self._announce()
             self._note_holder()
             await asyncio.sleep(self.timing.renew_interval if held else self.timing.retry_interval)
@@ -321,20 +328,14 @@ class LeaderElector:
         try:
             released = await asyncio.wait_for(asyncio.to_thread(self.release), timeout)
         except Exception as exc:
-            logger.warning("Could not release the lease (%s): %s", self.description, _short(exc))
+            logger.warning(
+                "Could not release the lease (%s): %s", self.description, describe_api_error(exc)
+            )
             released = False
         self._announce()
         if released:
             logger.info("Released the lease (%s).", self.description)
         return released
-
-
-def _short(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None)
-    if status is not None:
-        return f"HTTP {status} {reason or ''}".strip()
-    return str(exc) or type(exc).__name__
 
 
 # -------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from .api import (
     PolicyError,
     parse_policy,
 )
+from .apierrors import describe as describe_api_error
 from .policy_status import PLURALS, PolicyStatusWriter
 from .registry import PolicyKey, Registry
 
@@ -346,7 +347,7 @@ async def load_and_resync(
             if getattr(exc, "status", None) == 404:
                 hint = " (are the CRDs installed? kubectl apply -f crds/)"
             level = logging.WARNING if failures == 1 or failures % 15 == 0 else logging.DEBUG
-            logger.log(level, "Listing policies failed%s: %s", hint, _short(exc))
+            logger.log(level, "Listing policies failed%s: %s", hint, describe_api_error(exc))
             await asyncio.sleep(RETRY_SECONDS if not loaded else min(resync_seconds, 30.0))
             continue
         failures = 0
@@ -362,14 +363,6 @@ async def load_and_resync(
             )
             on_loaded()
         await asyncio.sleep(resync_seconds)
-
-
-def _short(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    reason = getattr(exc, "reason", None)
-    if status is not None:
-        return f"HTTP {status} {reason or ''}".strip()
-    return str(exc) or type(exc).__name__
 
 
 def namespace_ensurer(
