@@ -107,14 +107,27 @@ class OperatorConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise ValueError(f"{value} is not a port from 1 to 65535")
-    return value
+def _whole_number(low: int, high: int, what: str, bounds: str) -> Callable[[str], int]:
+    """A parser of whole numbers from ``low`` to ``high``: ``{text} is not {what}``, or
+    ``{value} is {bounds}``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is {bounds}")
+        return value
+
+    return parse
+
+
+_port = _whole_number(1, 65535, "a port number", "not a port from 1 to 65535")
+_timeout = _whole_number(
+    1, 30, "a whole number of seconds", "outside 1..30 (the API server's limits)"
+)
+_lease_duration = _whole_number(2, 300, "a whole number of seconds", "outside 2..300 seconds")
 
 
 def _bool(text: str) -> bool:
@@ -133,16 +146,6 @@ def _positive_seconds(text: str) -> float:
         raise ValueError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-def _timeout(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number of seconds") from None
-    if not 1 <= value <= 30:
-        raise ValueError(f"{value} is outside 1..30 (the API server's limits)")
     return value
 
 
@@ -167,16 +170,6 @@ def _object_name(text: str) -> str:
     if not _DNS_SUBDOMAIN.match(text):
         raise ValueError(f"{text!r} is not an object name (a lowercase RFC 1123 subdomain)")
     return text
-
-
-def _lease_duration(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number of seconds") from None
-    if not 2 <= value <= 300:
-        raise ValueError(f"{value} is outside 2..300 seconds")
-    return value
 
 
 def _identity(text: str) -> str:
