@@ -44,25 +44,6 @@ def labels(**pairs: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs.items()))
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.set_policy(policy("all"))
-    return registry
-
-
-@pytest.fixture
-def store(registry: Registry, clock: Clock) -> PodStore:
-    store = PodStore(registry, settle_seconds=5, clock=clock, wall_clock=clock)
-    registry.subscribe(store.policy_changed)
-    return store
-
-
 def collector_registry(
     store: PodStore,
     registry: Registry,

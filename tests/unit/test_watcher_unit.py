@@ -28,25 +28,6 @@ def event(kind: str | None, pod: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, "object": copy.deepcopy(pod)}
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
-    registry.set_policy(policy("all"))
-    return registry
-
-
-@pytest.fixture
-def store(registry: Registry, clock: Clock) -> PodStore:
-    store = PodStore(registry, settle_seconds=5, clock=clock, wall_clock=clock)
-    registry.subscribe(store.policy_changed)
-    return store
-
-
 def states(store: PodStore) -> dict[tuple[str, str, State], int]:
     assert store.aggregates() == store.recount()
     return store.aggregates().containers
