@@ -4,11 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The pinned tool versions; promtool comes from the binary cache that build.sh fills.
+include tests/cluster/versions.env
+CACHE := $(or $(GOMEMLIMIT_CACHE),$(HOME)/.cache/gomemlimit-operator)
+TOOLS_PATH := $(CACHE)/bin/prometheus-$(PROMETHEUS_VERSION):$(PATH)
 
-.PHONY: help venv lint fmt test unit e2e generate check-generated cluster-build cluster-up cluster-down demo bench clean
+.PHONY: help venv lint fmt test unit e2e generate check-generated cluster-build host-deps tools cluster-up cluster-down demo proof-chart bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,26 +34,35 @@ fmt: $(STAMP) ## format and autofix
 generate: $(STAMP) ## regenerate CRDs and docs from the pydantic models
 	$(PY) -m gomemlimit_operator.crdgen --write
 
-test: $(STAMP) cluster-build ## everything: unit, property, Go-runtime and end-to-end tests
-	$(PY) -m pytest tests
+test: $(STAMP) cluster-build host-deps ## everything: unit, property, Go-runtime and end-to-end tests
+	PATH="$(TOOLS_PATH)" $(PY) -m pytest tests
 
-unit: $(STAMP) ## only the tests that need no cluster
-	$(PY) -m pytest tests -m 'not e2e'
+unit: $(STAMP) tools ## only the tests that need no cluster
+	PATH="$(TOOLS_PATH)" $(PY) -m pytest tests -m 'not e2e'
 
-e2e: $(STAMP) cluster-build ## only the end-to-end tests against the local control plane
-	$(PY) -m pytest tests -m e2e
+e2e: $(STAMP) cluster-build host-deps ## only the end-to-end tests against the local control plane
+	PATH="$(TOOLS_PATH)" $(PY) -m pytest tests -m e2e
 
-cluster-build: ## build the pinned control plane from Go modules (cached)
+cluster-build: ## build the pinned control plane, kubelet and promtool from Go modules (cached)
 	bash tests/cluster/build.sh
 
-cluster-up: $(STAMP) cluster-build ## start a local control plane on 127.0.0.1; writes .cluster/kubeconfig
+tools: ## only promtool/prometheus (cached), for the unit tests
+	bash tests/cluster/build.sh prometheus
+
+host-deps: ## the real node's containerd and runc (Debian packages; installs them as root)
+	bash tests/cluster/host-deps.sh
+
+cluster-up: $(STAMP) cluster-build host-deps ## start a local cluster on 127.0.0.1 (with a real node when possible)
 	$(PY) tests/cluster/controlplane.py up --dir .cluster
 
 cluster-down: $(STAMP) ## stop the local control plane and clean up (safe to repeat)
 	$(PY) tests/cluster/controlplane.py down --dir .cluster
 
-demo: $(STAMP) cluster-build ## cluster + operator + example workload; KEEP=1 keeps it running
+demo: $(STAMP) cluster-build host-deps ## cluster + operator + example workload + the proof; KEEP=1 keeps it running
 	$(PY) examples/demo.py
+
+proof-chart: $(STAMP) ## redraw docs/proof-memory.png from docs/proof-samples.json
+	$(PY) docs/proof_chart.py docs/proof-samples.json docs/proof-memory.png
 
 bench: $(STAMP) ## run the benchmarks under bench/
 	$(PY) -m bench

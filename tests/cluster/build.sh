@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Build the pinned local control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from Go modules and cache it OUTSIDE the repo:
+# kubectl, etcd, kwok, helm), the real node's kubelet, and promtool/prometheus from Go modules,
+# and cache them OUTSIDE the repo:
 #
 #   ${GOMEMLIMIT_CACHE:-$HOME/.cache/gomemlimit-operator}/bin/<component>-<version>/
 #
 # Versions come only from tests/cluster/versions.env. A warm run only checks that every binary
 # exists and that its --version matches the pin, then exits (a second or two).
 #
-# Usage: bash tests/cluster/build.sh [--force] [--quiet]
+# Usage: bash tests/cluster/build.sh [--force] [--quiet] [COMPONENT ...]
 #   --force   rebuild every component even if the cached binaries look right
 #   --quiet   print only the summary line (and errors)
+#   COMPONENT only these: kubernetes etcd kwok helm kubelet prometheus (default: all)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,11 +24,14 @@ LOCKED=0
 
 FORCE=0
 QUIET=0
+ALL_COMPONENTS=(kubernetes etcd kwok helm kubelet prometheus)
+ONLY=()
 for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
     --quiet) QUIET=1 ;;
-    -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    kubernetes | etcd | kwok | helm | kubelet | prometheus) ONLY+=("$arg") ;;
     *) echo "build.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +55,7 @@ die() { # die <step> <message> [command to retry]
 [[ -r $VERSIONS_FILE ]] || die "read versions" "$VERSIONS_FILE is missing"
 # shellcheck source=/dev/null
 source "$VERSIONS_FILE"
-for var in K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION; do
+for var in K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION PROMETHEUS_VERSION; do
   [[ -n ${!var:-} ]] || die "read versions" "$var is not set in $VERSIONS_FILE"
 done
 # Kubernetes staging modules (k8s.io/api, client-go, ...) are versioned v0.<minor>.<patch>.
@@ -76,6 +81,13 @@ K8S_DIR="$BIN_ROOT/kubernetes-$K8S_VERSION"
 ETCD_DIR="$BIN_ROOT/etcd-$ETCD_VERSION"
 KWOK_DIR="$BIN_ROOT/kwok-$KWOK_VERSION"
 HELM_DIR="$BIN_ROOT/helm-$HELM_VERSION"
+# The kubelet is its own component (same builder module and pin as the control plane), so adding
+# it never invalidates the cached control-plane binaries.
+KUBELET_DIR="$BIN_ROOT/kubelet-$K8S_VERSION"
+PROMETHEUS_DIR="$BIN_ROOT/prometheus-$PROMETHEUS_VERSION"
+# Prometheus 3.x modules are tagged v0.<major><minor>.<patch>: 3.16.0 is v0.316.0.
+PROMETHEUS_MODULE_VERSION=$(awk -F. -v v="${PROMETHEUS_VERSION#v}" \
+  'BEGIN { split(v, p, "."); printf "v0.%d%02d.%d", p[1], p[2], p[3] }')
 
 # The kwok stages we ship, relative to $(kwok module)/kustomize/stage. This is the same set as
 # kwok's own "fast" kustomization: nodes become Ready at once and keep a lease, pods go Running.
@@ -113,6 +125,18 @@ kwok_ok() {
   version_of "$dir/kwok" --version | grep -q "^kwok version $KWOK_VERSION " || return 1
   for s in "${KWOK_STAGES[@]}"; do
     [[ -s $dir/stages/$(basename "$s") ]] || return 1
+  done
+}
+
+kubelet_ok() {
+  [[ -x $1/kubelet ]] && [[ "$(version_of "$1/kubelet" --version)" == "Kubernetes $K8S_VERSION" ]]
+}
+
+prometheus_ok() {
+  local b
+  for b in promtool prometheus; do
+    [[ -x $1/$b ]] || return 1
+    version_of "$1/$b" --version | grep -q "^$b, version ${PROMETHEUS_VERSION#v} " || return 1
   done
 }
 
@@ -191,13 +215,9 @@ module_field() { # module_field <module@version> <Dir|GoMod>: downloads the modu
 
 # --- the builds --------------------------------------------------------------------------------
 build_kubernetes() {
-  local tmp ldflags pkg
+  local tmp ldflags
   tmp=$(new_stage_dir "kubernetes-$K8S_VERSION")
-  ldflags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$K8S_MINOR"
-    ldflags+=" -X $pkg.gitTreeState=clean"
-  done
+  ldflags=$(k8s_ldflags)
   run_step "kubernetes: download modules" "$HERE/builder/kubernetes" go mod download
   run_step "kubernetes: go build" "$HERE/builder/kubernetes" \
     go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
@@ -205,6 +225,41 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
   kubernetes_ok "$tmp" || die "kubernetes: verify" "built binaries in $tmp do not report $K8S_VERSION"
   promote "$tmp" "$K8S_DIR"
+}
+
+k8s_ldflags() {
+  local ldflags="-s -w" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$K8S_MINOR"
+    ldflags+=" -X $pkg.gitTreeState=clean"
+  done
+  echo "$ldflags"
+}
+
+build_kubelet() {
+  local tmp
+  tmp=$(new_stage_dir "kubelet-$K8S_VERSION")
+  run_step "kubelet: download modules" "$HERE/builder/kubernetes" go mod download
+  run_step "kubelet: go build" "$HERE/builder/kubernetes" \
+    go build -trimpath -ldflags "$(k8s_ldflags)" -o "$tmp/" k8s.io/kubernetes/cmd/kubelet
+  kubelet_ok "$tmp" || die "kubelet: verify" "built kubelet in $tmp does not report $K8S_VERSION"
+  promote "$tmp" "$KUBELET_DIR"
+}
+
+build_prometheus() {
+  local tmp ldflags
+  tmp=$(new_stage_dir "prometheus-$PROMETHEUS_VERSION")
+  # remove_all_sd drops the cloud service-discovery plugins (and their SDKs) that neither
+  # promtool's rule tests nor a loopback scrape need; the web UI assets are not built in.
+  ldflags="-s -w -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}"
+  ldflags+=" -X github.com/prometheus/common/version.Revision=module-$PROMETHEUS_MODULE_VERSION"
+  ldflags+=" -X github.com/prometheus/common/version.Branch=HEAD"
+  run_step "prometheus: go install" "$CACHE_ROOT" env GOBIN="$tmp" \
+    go install -trimpath -tags remove_all_sd -ldflags "$ldflags" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_MODULE_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION"
+  prometheus_ok "$tmp" || die "prometheus: verify" "built promtool/prometheus in $tmp do not report $PROMETHEUS_VERSION"
+  promote "$tmp" "$PROMETHEUS_DIR"
 }
 
 build_etcd() {
@@ -273,9 +328,14 @@ check_builder_pins
 
 T0=$(now)
 SUMMARY=()
-for comp in kubernetes etcd kwok helm; do
+if [[ ${#ONLY[@]} -eq 0 ]]; then
+  ONLY=("${ALL_COMPONENTS[@]}")
+fi
+for comp in "${ONLY[@]}"; do
   case $comp in
     kubernetes) dir=$K8S_DIR ver=$K8S_VERSION ;;
+    kubelet) dir=$KUBELET_DIR ver=$K8S_VERSION ;;
+    prometheus) dir=$PROMETHEUS_DIR ver=$PROMETHEUS_VERSION ;;
     etcd) dir=$ETCD_DIR ver=$ETCD_VERSION ;;
     kwok) dir=$KWOK_DIR ver=$KWOK_VERSION ;;
     helm) dir=$HELM_DIR ver=$HELM_VERSION ;;

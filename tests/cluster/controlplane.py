@@ -57,11 +57,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realnode  # same directory; this file is not in a package
+
 HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.env"
 BUILD_SCRIPT = HERE / "build.sh"
 
-SERVICE_CIDR = "10.96.0.0/16"
+# Inside 127.0.0.0/8: a ClusterIP (which the API server dials for a webhook, an APIService or a
+# proxy request naming a Service) routes to `lo` and can never reach a private network.
+SERVICE_CIDR = "127.96.0.0/16"
 POD_CIDR = "10.244.0.1/16"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CONTEXT_NAME = "gomemlimit-local"
@@ -72,7 +77,17 @@ MARKER_FILE = ".gomemlimit-controlplane"
 STATE_FILE = "state.json"
 
 # Start order; `stop` goes the other way.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "containerd",
+    "kubelet",
+)
+NODE_COMPONENTS = ("containerd", "kubelet")
+REAL_NODE_ENV = "GOMEMLIMIT_REAL_NODE"
 
 __all__ = [
     "Binaries",
@@ -138,6 +153,9 @@ class Binaries:
     kwok: Path
     kwok_stages: tuple[Path, ...]
     helm: Path
+    kubelet: Path
+    promtool: Path
+    prometheus: Path
     versions: Mapping[str, str]
 
     @classmethod
@@ -147,6 +165,7 @@ class Binaries:
         bin_dir = (cache or cache_root()) / "bin"
         k8s = bin_dir / f"kubernetes-{versions['K8S_VERSION']}"
         kwok = bin_dir / f"kwok-{versions['KWOK_VERSION']}"
+        prometheus = bin_dir / f"prometheus-{versions['PROMETHEUS_VERSION']}"
         return cls(
             bin_dir=bin_dir,
             kube_apiserver=k8s / "kube-apiserver",
@@ -157,6 +176,9 @@ class Binaries:
             kwok=kwok / "kwok",
             kwok_stages=tuple(sorted((kwok / "stages").glob("*.yaml"))),
             helm=bin_dir / f"helm-{versions['HELM_VERSION']}" / "helm",
+            kubelet=bin_dir / f"kubelet-{versions['K8S_VERSION']}" / "kubelet",
+            promtool=prometheus / "promtool",
+            prometheus=prometheus / "prometheus",
             versions=versions,
         )
 
@@ -170,6 +192,9 @@ class Binaries:
             self.etcd,
             self.kwok,
             self.helm,
+            self.kubelet,
+            self.promtool,
+            self.prometheus,
         ]
         gone = [p for p in paths if not os.access(p, os.X_OK)]
         if not self.kwok_stages:
@@ -384,22 +409,9 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _proc_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _proc_alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state is the first field after the parenthesised command name.
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+# Shared with the real node's teardown (realnode.py), which verifies PIDs the same way.
+_proc_cmdline = realnode.proc_cmdline
+_proc_alive = realnode.proc_alive
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -555,9 +567,22 @@ class ControlPlane:
         detach: bool = False,
         startup_timeout: float = 90.0,
         log: bool = False,
+        real_node: bool | str | None = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.nodes = nodes
+        if real_node is None:
+            real_node = os.environ.get(REAL_NODE_ENV, "auto")
+        if isinstance(real_node, str):
+            mode = real_node.lower()
+            if mode not in ("auto", "1", "true", "yes", "0", "false", "no", ""):
+                raise ValueError(f"real_node must be True, False or 'auto', not {real_node!r}")
+            real_node = "auto" if mode == "auto" else mode in ("1", "true", "yes")
+        self.real_node_mode: bool | str = real_node
+        # After start: the node (None if it is not running) and, if not, why in one line.
+        self.real_node: realnode.RealNode | None = None
+        self.real_node_reason: str | None = None
+        self._pki: _Pki | None = None
         self.detach = detach
         self.startup_timeout = startup_timeout
         self._binaries = binaries
@@ -603,6 +628,12 @@ class ControlPlane:
         elif "certificate-authority-data" in cluster:
             self.ca_cert_path = scratch / "ca.crt"
             _write(self.ca_cert_path, base64.b64decode(cluster["certificate-authority-data"]))
+        # A cluster from `controlplane.py up`: its state.json says whether it has a real node.
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((path.parent / STATE_FILE).read_text())
+            if state.get("real_node"):
+                self.real_node = realnode.RealNode(path.parent)
+            self.real_node_reason = state.get("real_node_reason")
         return self
 
     @property
@@ -730,6 +761,14 @@ class ControlPlane:
     def __repr__(self) -> str:
         return f"ControlPlane({str(self.state_dir)!r}, server={self.server!r})"
 
+    def real_node_status(self) -> str:
+        """One line: the real node's name, or why the cluster has kwok nodes only."""
+        if self.real_node is not None:
+            return f"real node {self.real_node.name} is Ready (containerd + runc + kubelet)"
+        if self.real_node_reason:
+            return f"no real node: {self.real_node_reason}; kwok nodes only"
+        return "no real node (not requested); kwok nodes only"
+
     # -- starting -----------------------------------------------------------------------------
 
     def _start(self, b: Binaries) -> None:
@@ -780,6 +819,8 @@ class ControlPlane:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--profiling=false",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         )
         self._wait("kube-apiserver /readyz", self._readyz, timeout=self.startup_timeout)
         self._log("kube-apiserver is ready")
@@ -823,7 +864,9 @@ class ControlPlane:
             "kwok",
             b.kwok,
             f"--kubeconfig={d / 'kubeconfigs' / 'kwok.kubeconfig'}",
-            "--manage-all-nodes=true",
+            # Only the fake nodes: the real node's kubelet reports for itself.
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             # Renew a Lease per node like a kubelet; the heartbeat-with-lease stage only
             # refreshes node status every ~10-20 min and relies on it.
             "--node-lease-duration-seconds=40",
@@ -850,10 +893,113 @@ class ControlPlane:
             ),
             timeout=60,
         )
+        if self.real_node_mode:
+            self._start_real_node(b)
+
+    # -- the real node ------------------------------------------------------------------------
+
+    def _start_real_node(self, b: Binaries) -> None:
+        """Start containerd and the kubelet; in "auto" mode a failure only records why."""
+        reason = realnode.unavailable_reason(b.kubelet)
+        if reason is None:
+            try:
+                self._start_real_node_processes(b)
+                return
+            except (ControlPlaneError, OSError, subprocess.SubprocessError) as exc:
+                reason = str(exc)
+                if self.real_node_mode is True:
+                    raise
+                self._stop_real_node()
+        elif self.real_node_mode is True:
+            raise ControlPlaneError(f"cannot start the real node: {reason}")
+        self.real_node_reason = reason.splitlines()[0] if reason else "unknown"
+        self._log(f"no real node: {self.real_node_reason}; kwok nodes only")
+        self._save_state("starting")
+
+    def _start_real_node_processes(self, b: Binaries) -> None:
+        node = realnode.RealNode(self.state_dir, log=self._log)
+        assert self._pki is not None
+        pki_dir = self.state_dir / "pki"
+        key, cert = self._pki.issue(f"system:node:{node.name}", organizations=["system:nodes"])
+        kubeconfig = _kubeconfig(
+            self.server,
+            _cert_pem(self._pki.ca_cert),
+            _cert_pem(cert),
+            _key_pem(key),
+            f"system:node:{node.name}",
+        )
+        key, cert = self._pki.issue(
+            node.name, server_names=[node.name, "localhost"], server_ips=["127.0.0.1"]
+        )
+        _write(pki_dir / "kubelet-serving.crt", _cert_pem(cert), 0o644)
+        _write(pki_dir / "kubelet-serving.key", _key_pem(key))
+        kubelet_port, healthz_port = _free_ports(2)
+        node.write_configs(
+            ca_cert=self.ca_cert_path,
+            kubeconfig_text=kubeconfig,
+            serving_cert=pki_dir / "kubelet-serving.crt",
+            serving_key=pki_dir / "kubelet-serving.key",
+            kubelet_port=kubelet_port,
+            healthz_port=healthz_port,
+        )
+        node.create_cgroups()
+        containerd = shutil.which("containerd") or "containerd"
+        self._spawn("containerd", Path(containerd), *node.containerd_argv())
+        self._wait("containerd", node.containerd_ready, timeout=30)
+        try:
+            node.import_image(node.build_pause_image())
+        except Exception as exc:  # images.ImageError, subprocess errors
+            raise ControlPlaneError(f"cannot build or import the pause image: {exc}") from None
+        self._spawn("kubelet", b.kubelet, *node.kubelet_argv())
+        self._wait(f"node {node.name} Ready", lambda: self._real_node_ready(node), timeout=90)
+        self.real_node = node
+        self.real_node_reason = None
+        self._save_state("starting")
+        self._log(f"real node {node.name} is Ready")
+
+    def _real_node_ready(self, node: realnode.RealNode) -> bool:
+        status, body = self._api().request("GET", f"/api/v1/nodes/{node.name}")
+        if status != 200:
+            return False
+        conditions = {c["type"]: c["status"] for c in body.get("status", {}).get("conditions", [])}
+        return conditions.get("Ready") == "True" and not any(
+            t.get("key", "").startswith("node.kubernetes.io/")
+            for t in body["spec"].get("taints", [])
+        )
+
+    def _stop_real_node(self) -> list[str]:
+        """Tear the real node down (by PID) and clean up; returns what could not be removed."""
+        node_dir = self.state_dir / "node"
+        procs = [p for p in self._known_procs() if p.name in NODE_COMPONENTS and self._is_ours(p)]
+        if not node_dir.exists() and not procs:
+            return []
+        node = realnode.RealNode(self.state_dir, log=self._log)
+
+        def stop(pids: list[int], timeout: float) -> None:
+            batch = [p for p in procs if p.pid in pids]
+            self._signal_all(batch, signal.SIGTERM)
+            if not self._wait_gone(batch, timeout):
+                self._signal_all([p for p in batch if self._is_ours(p)], signal.SIGKILL)
+                self._wait_gone(batch, 5.0)
+
+        left = node.teardown(
+            kubelet=[p.pid for p in procs if p.name == "kubelet"],
+            containerd=[p.pid for p in procs if p.name == "containerd"],
+            stop=stop,
+        )
+        for p in procs:
+            if p.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.popen.wait(timeout=1)
+        self._procs = [p for p in self._procs if p.name not in NODE_COMPONENTS]
+        self.real_node = None
+        if left:
+            self._log(f"real node teardown left: {left}")
+        return left
 
     def _write_pki(self) -> Path:
         pki_dir = self.state_dir / "pki"
-        pki = _Pki.new()
+        pki = self._pki = _Pki.new()
         ca_pem = _cert_pem(pki.ca_cert)
         _write(pki_dir / "ca.crt", ca_pem, 0o644)
         _write(pki_dir / "ca.key", _key_pem(pki.ca_key))
@@ -892,6 +1038,10 @@ class ControlPlane:
             (self._kc("kube-scheduler"), "system:kube-scheduler", []),
             (self._kc("kwok"), "kwok-controller", ["system:masters"]),
         ]
+        # The API server's client certificate for kubelets (logs, exec; the real node).
+        key, cert = pki.issue("kube-apiserver-kubelet-client", organizations=["system:masters"])
+        _write(pki_dir / "apiserver-kubelet-client.crt", _cert_pem(cert), 0o644)
+        _write(pki_dir / "apiserver-kubelet-client.key", _key_pem(key))
         for path, cn, orgs in clients:
             key, cert = pki.issue(cn, organizations=orgs)
             config = _kubeconfig(self.server, ca_pem, _cert_pem(cert), _key_pem(key), cn)
@@ -1021,6 +1171,7 @@ class ControlPlane:
         return list(procs.values())
 
     def _stop_processes(self, term_timeout: float = 15.0) -> None:
+        self._stop_real_node()  # first: its pods, kubelet, containerd, shims, mounts, cgroups
         procs = [p for p in self._known_procs() if self._is_ours(p)]
         # Everything but etcd first, so the apiserver can shut down cleanly; then etcd.
         for batch in (
@@ -1085,6 +1236,8 @@ class ControlPlane:
             "detached": self.detach,
             "owner_pid": os.getpid(),
             "processes": [p.to_json() for p in self._procs],
+            "real_node": self.real_node.name if self.real_node is not None else None,
+            "real_node_reason": self.real_node_reason,
         }
         _write(self.state_dir / STATE_FILE, json.dumps(state, indent=2) + "\n", 0o644)
 
@@ -1094,13 +1247,26 @@ class ControlPlane:
         except (OSError, ValueError):
             return
         self.server = state.get("server", "")
+        if state.get("real_node"):
+            self.real_node = realnode.RealNode(self.state_dir)
+        self.real_node_reason = state.get("real_node_reason")
         self._procs = [
             _Proc(name=p["name"], pid=int(p["pid"]), binary=p.get("binary", ""))
             for p in state.get("processes", [])
         ]
 
     def _clean_state_dir(self) -> None:
-        names = ("etcd", "pki", "logs", "pids", "kubeconfigs", "kwok", "helm", "kubectl-cache")
+        names = (
+            "etcd",
+            "pki",
+            "logs",
+            "pids",
+            "kubeconfigs",
+            "kwok",
+            "helm",
+            "kubectl-cache",
+            "node",
+        )
         for name in (*names, STATE_FILE):
             path = self.state_dir / name
             if path.is_dir():
@@ -1168,10 +1334,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", default=".cluster", help="state directory (default: .cluster)")
     parser.add_argument("--nodes", type=int, default=2, help="fake kwok nodes to create (up)")
     parser.add_argument("--timeout", type=float, default=90.0, help="startup timeout, seconds")
+    parser.add_argument(
+        "--real-node",
+        choices=["auto", "on", "off"],
+        default=os.environ.get(REAL_NODE_ENV, "auto"),
+        help="start a real kubelet+containerd node: auto (when the machine allows it), on "
+        f"(fail without it), off; default ${REAL_NODE_ENV} or auto",
+    )
     args = parser.parse_args(argv)
+    real_node: bool | str = {"auto": "auto", "on": True, "off": False}.get(args.real_node, "auto")
 
     cp = ControlPlane(
-        args.dir, nodes=args.nodes, detach=True, startup_timeout=args.timeout, log=True
+        args.dir,
+        nodes=args.nodes,
+        detach=True,
+        startup_timeout=args.timeout,
+        log=True,
+        real_node=real_node,
     )
     try:
         if args.command == "up":
@@ -1179,6 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"controlplane: already running at {cp.server}", file=sys.stderr)
             else:
                 cp.start()
+            print(f"controlplane: {cp.real_node_status()}", file=sys.stderr)
             print(f"export KUBECONFIG={cp.kubeconfig}")
         elif args.command == "down":
             existed = cp.state_dir.exists()

@@ -35,6 +35,8 @@ from controlplane import (  # noqa: E402 (tests/cluster is not a package)
     ControlPlaneError,
     ensure_built,
 )
+from images import BuiltImage  # noqa: E402
+from realnode import RealNode, ci_requires_real_node  # noqa: E402
 
 REUSE_KUBECONFIG_ENV = "GOMEMLIMIT_E2E_KUBECONFIG"
 _BUILD_RESULT = pytest.StashKey[Binaries | BaseException]()
@@ -104,7 +106,9 @@ def cluster(
         yield cp
         return
 
-    cp = ControlPlane(tmp_path_factory.mktemp("cluster"), binaries=binaries)
+    # The real node (kubelet + containerd) comes up when the machine allows it; tests that
+    # need it use the `real_node` fixture, which fails in CI and skips elsewhere without it.
+    cp = ControlPlane(tmp_path_factory.mktemp("cluster"), binaries=binaries, real_node="auto")
     try:
         cp.start()
     except ControlPlaneError as exc:
@@ -174,3 +178,27 @@ def new_namespace(
 def namespace(new_namespace: Callable[[], str]) -> str:
     """A fresh namespace for this test (its `default` ServiceAccount exists); deleted after."""
     return new_namespace()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: ControlPlane) -> RealNode:
+    """The cluster's real node (kubelet + containerd + runc). Without one the test FAILS in CI
+    (``CI`` set) and is skipped elsewhere, with the reason."""
+    node = cluster.real_node
+    if node is None:
+        reason = cluster.real_node_reason or "the cluster was started without one"
+        if ci_requires_real_node():
+            pytest.fail(f"CI needs the real node, and there is none: {reason}", pytrace=False)
+        pytest.skip(f"no real node: {reason}")
+    return node
+
+
+@pytest.fixture(scope="session")
+def goworkload_image(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    """tests/goworkload built static, packed by tests/cluster/images.py and imported into the
+    real node's containerd; pods use ``image.ref`` with ``imagePullPolicy: Never``."""
+    from goworkload import build_goworkload_image
+
+    image = build_goworkload_image(tmp_path_factory.mktemp("goworkload"))
+    real_node.import_image(image.path)
+    return image

@@ -1,0 +1,3 @@
+module gomemlimit.io/cluster/pause
+
+go 1.26.0
