@@ -7,7 +7,10 @@
 3. starts `gomemlimit operator --dev` (it registers its own webhook configuration);
 4. applies examples/app.yaml (a Go container and a sidecar) in the namespace `demo`;
 5. prints each pod's containers: memory limit, GOMEMLIMIT and who set it;
-6. tears everything down, unless KEEP=1.
+6. the proof, on the real node (kubelet + containerd + runc) when the machine allows it: the
+   same Go program (tests/goworkload) at a 512Mi limit governed, opted out and with the
+   downward API's 100%; then an in-place resize of a governed pod;
+7. tears everything down, unless KEEP=1.
 """
 
 from __future__ import annotations
@@ -30,9 +33,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from controlplane import ControlPlane, ensure_built  # noqa: E402 (imported by path)
+from proof import (  # noqa: E402
+    LIMIT,
+    MemorySampler,
+    container_env,
+    pod_log_lines,
+    proof_pods,
+    terminated,
+    workload_pod,
+)
+from realnode import RealNode  # noqa: E402
+
+from goworkload import build_goworkload_image  # noqa: E402
 
 STATE_DIR = REPO / ".cluster"
 NAMESPACE = "demo"
+PROOF_NAMESPACE = "demo-proof"
+MiB = 1 << 20
 POLICY = REPO / "examples" / "policy.yaml"
 APP = REPO / "examples" / "app.yaml"
 INJECTED = "gomemlimit.io/injected"
@@ -116,6 +133,173 @@ def table(rows: list[list[str]]) -> str:
     )
 
 
+def kubectl_json(cluster: ControlPlane, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def noncompliant_state(metrics_port: int, pod: str) -> str | None:
+    """The state the operator exports for a pod in gomemlimit_noncompliant_container_info."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("gomemlimit_noncompliant_container_info{") and (
+            f'namespace="{PROOF_NAMESPACE}"' in line and f'pod="{pod}"' in line
+        ):
+            return line.split('state="', 1)[1].split('"', 1)[0]
+    return None
+
+
+def expected_value(pod: dict[str, Any], policy: str) -> str:
+    """The engine's expected GOMEMLIMIT for the pod as it is now (`gomemlimit audit`)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gomemlimit_operator.cli", "audit", "-f", "-", "-o", "json"],
+        input=f"{json.dumps(pod)}\n---\n{policy}",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    rows = json.loads(proc.stdout or "[]")
+    return str(rows[0].get("expected") or "-") if rows else "?"
+
+
+def run_proof(cluster: ControlPlane, metrics_port: int) -> None:
+    """The same Go program at 512Mi, three ways, on the real node; then an in-place resize."""
+    node = cluster.real_node
+    print()
+    if node is None:
+        say(f"The proof needs the real node, and there is none: {cluster.real_node_status()}")
+        say("(the real node needs root plus containerd and runc: see tests/cluster/README.md)")
+        return
+    say(f"The proof, on the real node {node.name}: one Go program, limit {LIMIT}, three pods")
+    image = build_goworkload_image(STATE_DIR / "demo-build")
+    node.import_image(image.path)
+    namespace = json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PROOF_NAMESPACE}}
+    )
+    cluster.kubectl("apply", "-f", "-", input=namespace)
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "serviceaccount", "default", "-n", PROOF_NAMESPACE, check=False
+            ).returncode
+            == 0
+        ),
+        "the proof namespace's default ServiceAccount",
+    )
+    policy = json.dumps(
+        {
+            "apiVersion": "gomemlimit.io/v1alpha1",
+            "kind": "GoMemPolicy",
+            "metadata": {"name": "go", "namespace": PROOF_NAMESPACE},
+            "spec": {"selector": {"matchLabels": {"runtime": "go"}}},
+        }
+    )
+    cluster.kubectl("apply", "-f", "-", input=policy)
+
+    def policy_ready() -> bool:
+        obj = kubectl_json(cluster, "gomempolicy", "go", "-n", PROOF_NAMESPACE)
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_for(policy_ready, "GoMemPolicy go Ready", timeout=30)
+    specs = proof_pods(image)
+    docs = "\n---\n".join(json.dumps(p) for p in specs.values())
+    cluster.kubectl("create", "-n", PROOF_NAMESPACE, "-f", "-", input=docs)
+    created = {n: kubectl_json(cluster, "pod", n, "-n", PROOF_NAMESPACE) for n in specs}
+    uids = {n: p["metadata"]["uid"] for n, p in created.items()}
+    say("Running them (about 30 s): 308 MiB live heap, 24 MiB off-heap, 400 MiB/s of garbage")
+
+    def finished() -> dict[str, dict[str, Any]] | None:
+        now = {n: kubectl_json(cluster, "pod", n, "-n", PROOF_NAMESPACE) for n in specs}
+        done = all(
+            terminated(p) and p["status"].get("phase") in ("Succeeded", "Failed")
+            for p in now.values()
+        )
+        return now if done else None
+
+    with MemorySampler(node, uids) as sampler:
+        final = wait_for(finished, "the three proof pods to finish", timeout=150)
+    rows = [["POD", "MEMORY LIMIT", "GOMEMLIMIT", "OUTCOME", "PEAK MEMORY"]]
+    for name, pod in final.items():
+        env = container_env(created[name])
+        value = "-" if not env else env[-1].get("value") or "<resourceFieldRef: 100%>"
+        term = terminated(pod) or {}
+        restarts = pod["status"]["containerStatuses"][0].get("restartCount", 0)
+        outcome = f"{term.get('reason')} (exit {term.get('exitCode')}, {restarts} restarts)"
+        peak = f"{sampler.pods[name].peak / MiB:.0f} MiB"
+        rows.append([name, LIMIT, str(value), outcome, peak])
+    print()
+    print(table(rows))
+    print()
+    run_resize(cluster, node, image, policy, metrics_port)
+
+
+def run_resize(
+    cluster: ControlPlane, node: RealNode, image: Any, policy: str, metrics_port: int
+) -> None:
+    say("In-place resize of a governed pod: 256Mi -> 320Mi through the resize subresource")
+    pod = workload_pod("resized", image, limit="256Mi", args=["-live-mib=32", "-report=500ms"])
+    cluster.kubectl("create", "-n", PROOF_NAMESPACE, "-f", "-", input=json.dumps(pod))
+
+    def running() -> dict[str, Any] | None:
+        p = kubectl_json(cluster, "pod", "resized", "-n", PROOF_NAMESPACE)
+        statuses = (p.get("status") or {}).get("containerStatuses") or []
+        return p if statuses and "running" in (statuses[0].get("state") or {}) else None
+
+    live = wait_for(running, "the resized pod Running", timeout=60)
+    patch = {
+        "spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "320Mi"}}}]}
+    }
+    result = cluster.kubectl(
+        "patch", "pod", "resized", "-n", PROOF_NAMESPACE, "--subresource", "resize",
+        "-p", json.dumps(patch), check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        say(f"The API server refused the resize: {result.stderr.strip()}")
+        return
+
+    def applied() -> dict[str, Any] | None:
+        p = kubectl_json(cluster, "pod", "resized", "-n", PROOF_NAMESPACE)
+        cs = p["status"]["containerStatuses"][0]
+        limit = ((cs.get("resources") or {}).get("limits") or {}).get("memory")
+        return p if limit == "320Mi" else None
+
+    after = wait_for(applied, "the kubelet to apply the resize", timeout=60)
+    cs = after["status"]["containerStatuses"][0]
+    cgroup = node.container_cgroup(after["metadata"]["uid"], cs["containerID"])
+    cgroup_limit = (
+        int((cgroup / "memory.limit_in_bytes").read_text()) // MiB if cgroup else "unknown"
+    )
+    sees = wait_for(
+        lambda: next(
+            (
+                r
+                for r in reversed(pod_log_lines(node, PROOF_NAMESPACE, after))
+                if r.get("cgroup_limit_bytes") == 320 * MiB
+            ),
+            None,
+        ),
+        "the program to see the new limit",
+        timeout=20,
+    )
+    state = wait_for(
+        lambda: noncompliant_state(metrics_port, "resized"), "the operator's report", timeout=20
+    )
+    env = container_env(after)
+    same = cs["containerID"] == live["status"]["containerStatuses"][0]["containerID"]
+    print(
+        f"    cgroup memory limit: {cgroup_limit} MiB, restarts {cs.get('restartCount')}, "
+        f"same container: {same}\n"
+        f"    env still GOMEMLIMIT={env[-1]['value'] if env else '-'}; the Go runtime's limit is "
+        f"{sees['memory_limit_bytes'] // MiB} MiB\n"
+        f"    the operator reports it {state}; expected now: {expected_value(after, policy)}"
+    )
+    print()
+
+
 def main() -> int:
     keep = os.environ.get("KEEP", "") not in ("", "0", "false", "no")
     for path in (POLICY, APP):
@@ -125,7 +309,7 @@ def main() -> int:
 
     say("Checking the local control plane build (the first build takes several minutes)")
     ensure_built(quiet=False)
-    cluster = ControlPlane(STATE_DIR, detach=True)
+    cluster = ControlPlane(STATE_DIR, detach=True, real_node="auto")
     started_cluster = not cluster.is_running()
     if started_cluster:
         say(f"Starting the local control plane in {STATE_DIR.relative_to(REPO)}/")
@@ -213,6 +397,7 @@ def main() -> int:
         with contextlib.suppress(RuntimeError):
             wait_for(counted, "the policy status", timeout=8)
         print(cluster.kubectl("get", "-f", str(POLICY)).stdout)
+        run_proof(cluster, ports["metrics"])
         ok = True
     finally:
         if keep and ok and operator is not None:
@@ -246,6 +431,7 @@ def main() -> int:
                     "delete",
                     "namespace",
                     NAMESPACE,
+                    PROOF_NAMESPACE,
                     "--ignore-not-found",
                     "--wait=false",
                     check=False,
