@@ -15,11 +15,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 __all__ = ["RESULTS", "AdmissionMetrics", "Result", "default_metrics"]
 
-Result = Literal["mutated", "unchanged", "skipped", "error"]
-RESULTS: Final[tuple[Result, ...]] = ("mutated", "unchanged", "skipped", "error")
+Result = Literal["mutated", "unchanged", "skipped", "too_large", "error"]
+RESULTS: Final[tuple[Result, ...]] = ("mutated", "unchanged", "skipped", "too_large", "error")
 """mutated: a patch was returned. unchanged: a governed pod needed nothing. skipped: the pod
 was not ours to change (exempt or unwatched namespace, opt-out, mirror pod, no policy, audit
-mode). error: our own failure; the pod was allowed unmutated."""
+mode). too_large: a governed pod beyond the engine's bounds (containers or env entries); it
+was allowed unchanged, with a warning. error: our own failure; the pod was allowed
+unmutated."""
 
 BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

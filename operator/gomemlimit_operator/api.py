@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictBool,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -27,8 +29,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from .globs import MAX_GLOB_LENGTH, MAX_GLOBS, ContainerGlobs
 from .goruntime import valid_gogc
-from .quantity import QuantityError, parse_bytes
+from .quantity import CEILING_TEXT, QuantityError, parse_bytes
 
 GROUP: Final = "gomemlimit.io"
 VERSION: Final = "v1alpha1"
@@ -70,13 +73,38 @@ class Mode(enum.StrEnum):
     AUDIT = "audit"
 
 
+MAX_SELECTOR_TERMS: Final = 32
+"""The most matchLabels entries, matchExpressions, or values in one expression."""
+LABEL_KEY_MAX: Final = 317  # a 253-character DNS prefix, "/", and a 63-character name
+LABEL_VALUE_MAX: Final = 63
+
+_VALUES_FIT_OPERATOR: Final[list[JsonValue]] = [
+    {
+        "rule": (
+            "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) "
+            ": (!has(self.values) || size(self.values) == 0)"
+        ),
+        "message": "values must be non-empty for In and NotIn, and empty for Exists and "
+        "DoesNotExist",
+        "fieldPath": ".values",
+    }
+]
+
+
 class LabelSelectorRequirement(_Model):
-    key: str = Field(min_length=1, description="The label key the requirement applies to.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _VALUES_FIT_OPERATOR})
+
+    key: str = Field(
+        min_length=1,
+        max_length=LABEL_KEY_MAX,
+        description="The label key the requirement applies to.",
+    )
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
         description="In, NotIn, Exists or DoesNotExist."
     )
-    values: list[str] | None = Field(
+    values: list[Annotated[str, Field(max_length=LABEL_VALUE_MAX)]] | None = Field(
         default=None,
+        max_length=MAX_SELECTOR_TERMS,
         description="Required and non-empty for In and NotIn; must be empty otherwise.",
     )
 
@@ -92,11 +120,13 @@ class LabelSelectorRequirement(_Model):
 class LabelSelector(_Model):
     """A metav1.LabelSelector. Absent or empty selects everything."""
 
-    match_labels: dict[str, str] | None = Field(
-        default=None, description="Labels that must all be present with these values."
+    match_labels: dict[str, Annotated[str, Field(max_length=LABEL_VALUE_MAX)]] | None = Field(
+        default=None,
+        max_length=MAX_SELECTOR_TERMS,
+        description="Labels that must all be present with these values.",
     )
     match_expressions: list[LabelSelectorRequirement] | None = Field(
-        default=None, description="Requirements that must all hold."
+        default=None, max_length=MAX_SELECTOR_TERMS, description="Requirements that must all hold."
     )
 
 
@@ -111,9 +141,14 @@ def _exact_ratio(value: object) -> object:
     return value
 
 
+QUANTITY_MAX_LENGTH: Final = 64
+
+
 def _quantity(value: object) -> object:
     if isinstance(value, bool):
         raise ValueError("must be a quantity such as 64Mi")
+    if isinstance(value, str) and len(value) > QUANTITY_MAX_LENGTH:
+        raise ValueError(f"must be at most {QUANTITY_MAX_LENGTH} characters")
     try:
         parse_bytes(value)
     except QuantityError as exc:
@@ -132,14 +167,34 @@ Quantity = Annotated[
     BeforeValidator(_quantity),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            # "minimum" applies to the integer form, "pattern" and "maxLength" to the string form.
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
             "pattern": QUANTITY_PATTERN,
+            "maxLength": QUANTITY_MAX_LENGTH,
             "x-kubernetes-int-or-string": True,
         }
     ),
 ]
 
+
+def _quantity_rules(*fields: str) -> list[JsonValue]:
+    """CEL for what parse_bytes() rejects beyond the pattern: amounts above its ceiling."""
+    return [
+        {
+            "rule": (
+                f"!has(self.{name}) || "
+                f"!quantity(string(self.{name})).isGreaterThan(quantity('{CEILING_TEXT}'))"
+            ),
+            "message": f"{name} must be at most {CEILING_TEXT} bytes",
+            "fieldPath": f".{name}",
+        }
+        for name in fields
+    ]
+
+
 _HEADROOM_RULES: Final[list[JsonValue]] = [
+    *_quantity_rules("minHeadroom", "maxHeadroom"),
     {
         "rule": (
             "!has(self.maxHeadroom) || "
@@ -159,6 +214,14 @@ _HEADROOM_RULES: Final[list[JsonValue]] = [
 ]
 
 
+_GOGC_RULES: Final[list[JsonValue]] = [
+    {
+        "rule": "self == 'off' || (self.matches('^[0-9]+$') && int(self) <= 2147483647)",
+        "message": 'gogc must be "off" or an integer from 0 to 2147483647',
+    }
+]
+
+
 class GoMemPolicySpec(_Model):
     """Which containers get a GOMEMLIMIT, and how it is computed."""
 
@@ -167,15 +230,19 @@ class GoMemPolicySpec(_Model):
     selector: LabelSelector | None = Field(
         default=None, description="Pods whose labels match. Absent or empty selects all pods."
     )
-    containers: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        default=None,
-        min_length=1,
-        description=(
-            "Container-name glob patterns (fnmatch: *, ?, [abc]). Absent means every entry "
-            "of spec.containers."
-        ),
+    containers: list[Annotated[str, Field(min_length=1, max_length=MAX_GLOB_LENGTH)]] | None = (
+        Field(
+            default=None,
+            min_length=1,
+            max_length=MAX_GLOBS,
+            description=(
+                "Container-name glob patterns (fnmatch: *, ?, [abc]). Absent means every entry "
+                f"of spec.containers. At most {MAX_GLOBS} patterns of {MAX_GLOB_LENGTH} "
+                "characters."
+            ),
+        )
     )
-    include_init_containers: bool = Field(
+    include_init_containers: StrictBool = Field(
         default=False,
         description=(
             "Also govern init containers, including restartable sidecars, "
@@ -207,7 +274,7 @@ class GoMemPolicySpec(_Model):
         default=Mode.ENFORCE,
         description="enforce injects at pod creation; audit only reports.",
     )
-    priority: int = Field(
+    priority: StrictInt = Field(
         default=0,
         ge=-(2**31),
         le=2**31 - 1,
@@ -219,6 +286,8 @@ class GoMemPolicySpec(_Model):
     gogc: str | None = Field(
         default=None,
         pattern=r"^(off|[0-9]+)$",
+        max_length=10,
+        json_schema_extra={"x-kubernetes-validations": _GOGC_RULES},
         description=(
             'Optional GOGC to inject alongside GOMEMLIMIT: "off" or a non-negative integer, '
             "as a string."
@@ -276,6 +345,7 @@ class ContainerCounts(_Model):
     invalid: int = 0
     exceeds_limit: int = 0
     no_memory_limit: int = 0
+    unsatisfiable: int = 0
     stale: int = 0
     opted_out: int = 0
     unverifiable: int = 0
@@ -326,13 +396,16 @@ class Policy:
     namespace: str | None
     spec: GoMemPolicySpec
     generation: int | None = None
+    globs: ContainerGlobs = field(init=False, repr=False, compare=False)
+    """``spec.containers``, compiled once, when the policy is loaded."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "globs", ContainerGlobs(self.spec.containers))
 
     @property
     def ref(self) -> str:
         """``ClusterGoMemPolicy/<name>`` or ``GoMemPolicy/<namespace>/<name>``."""
-        if self.namespace is None:
-            return f"{self.kind}/{self.name}"
-        return f"{self.kind}/{self.namespace}/{self.name}"
+        return object_ref(self.kind, self.name, self.namespace)
 
     @property
     def namespace_selector(self) -> LabelSelector | None:

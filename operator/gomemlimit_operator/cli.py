@@ -76,8 +76,8 @@ Print one row per container of every pod spec (Pod, Deployment, StatefulSet,
 DaemonSet, ReplicaSet, ReplicationController, Job, CronJob) with its memory
 limit, its GOMEMLIMIT, the value the governing policy expects, and its state.
 
-Exit status 0 when no container is missing, invalid, exceeds_limit or
-no_memory_limit; 1 when one is; 2 for bad input.
+Exit status 0 when no container is missing, invalid, exceeds_limit,
+no_memory_limit or unsatisfiable; 1 when one is; 2 for bad input.
 """
 
 _AUDIT_EPILOG: Final = """\
@@ -88,6 +88,8 @@ states (* = exit status 1):
 * exceeds_limit     valid, but not below the memory limit (e.g. the 100% that
                     valueFrom.resourceFieldRef limits.memory gives)
 * no_memory_limit   governed, but neither the container nor the pod has a limit
+* unsatisfiable     governed with a limit, but the policy yields no value Go
+                    accepts (headroom >= the limit, or under 1MiB, or past 8EiB)
   stale             not what the policy sets now (injected for an older limit
                     or policy, or onExisting: override): restart the workload
   opted_out         the pod has the annotation gomemlimit.io/skip: "true"

@@ -3,6 +3,18 @@
 Pure and synchronous: plain dicts in, plain data out, no I/O and no kopf. The
 admission webhook, the pod watcher, the metrics and the CLI are thin adapters
 around the functions here, so they can never disagree.
+
+Three guarantees hold for any pod the API server accepts, however hostile:
+
+* **Bounded, linear work.** A pod is read through one index (:class:`_Pod`) built once, and
+  a pod with more containers or env entries than :class:`Bounds` allows is refused with
+  :class:`PodTooLarge` before any per-container work. Memory amounts above
+  ``quantity.CEILING`` are never turned into big integers.
+* **Never a value Go rejects.** :func:`gomemlimit_for` is the only producer of a
+  GOMEMLIMIT. It parses its own output back with Go's rules and returns a value only when Go
+  reads it as the intended bytes, at most MaxInt64, and below the limit.
+* **No false "compliant".** A governed container whose policy yields no value for its limit
+  is ``unsatisfiable``, a failing state, with the reason and the fix.
 """
 
 from __future__ import annotations
@@ -10,32 +22,38 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Final
 
 from .api import CLUSTER_KIND, NAMESPACED_KIND, GoMemPolicySpec, Mode, OnExisting, Policy
-from .goruntime import GOGC, GOMEMLIMIT, format_mib, is_no_limit, parse_byte_count
-from .quantity import MIB, QuantityError, parse_bytes
-from .selectors import matches_globs, matches_selector
+from .goruntime import GOGC, GOMEMLIMIT, MAX_INT64, format_mib, is_no_limit, parse_byte_count
+from .quantity import CEILING, CEILING_TEXT, MIB, QuantityError, QuantityTooLarge, parse_bytes
+from .selectors import matches_selector
 
 __all__ = [
     "ANNOTATION_INJECTED",
     "ANNOTATION_POLICY",
     "ANNOTATION_SKIP",
+    "DEFAULT_BOUNDS",
     "FAILING_STATES",
     "NONCOMPLIANT_STATES",
+    "Bounds",
     "ContainerFacts",
     "ContainerReport",
+    "Expectation",
     "MutationResult",
     "PodFacts",
+    "PodTooLarge",
     "SpecError",
     "State",
+    "check_bounds",
     "evaluate_container",
     "evaluate_facts",
     "evaluate_pod",
     "expected_gomemlimit",
+    "gomemlimit_for",
     "governing_policy",
     "governs",
     "mutate_pod",
@@ -59,6 +77,7 @@ class State(enum.StrEnum):
     INVALID = "invalid"
     EXCEEDS_LIMIT = "exceeds_limit"
     NO_MEMORY_LIMIT = "no_memory_limit"
+    UNSATISFIABLE = "unsatisfiable"
     STALE = "stale"
     OPTED_OUT = "opted_out"
     UNVERIFIABLE = "unverifiable"
@@ -66,7 +85,13 @@ class State(enum.StrEnum):
 
 
 FAILING_STATES: Final = frozenset(
-    {State.MISSING, State.INVALID, State.EXCEEDS_LIMIT, State.NO_MEMORY_LIMIT}
+    {
+        State.MISSING,
+        State.INVALID,
+        State.EXCEEDS_LIMIT,
+        State.NO_MEMORY_LIMIT,
+        State.UNSATISFIABLE,
+    }
 )
 """States that make ``gomemlimit audit`` exit 1."""
 NONCOMPLIANT_STATES: Final = FAILING_STATES | {State.STALE}
@@ -82,12 +107,55 @@ class SpecError(ValueError):
         self.field, self.problem = field, problem
 
 
-def expected_gomemlimit(limit_bytes: int, spec: GoMemPolicySpec) -> str | None:
-    """The value contract: GOMEMLIMIT for a memory limit under a policy, or None.
+class PodTooLarge(SpecError):
+    """A pod beyond :class:`Bounds`: the engine refuses it before doing per-container work."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Where the engine stops. A pod beyond these is left unchanged, with a warning.
+
+    Kubernetes sets no such limits (a 3 MiB request can hold thousands of containers), so
+    without them the work per request is whatever a tenant sends. Real pods stay far below.
+    """
+
+    max_containers: int = 256
+    """Containers plus init containers."""
+    max_env_entries: int = 8192
+    """``env`` entries, summed over all containers."""
+
+
+DEFAULT_BOUNDS: Final = Bounds()
+
+BEYOND_CEILING: Final = CEILING + 1
+"""The byte count recorded for a memory amount above ``quantity.CEILING``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What a policy asks of one container's limit: a value, or why there is none."""
+
+    value: str | None
+    problem: str | None = None
+    """Why there is no value, and how to fix it; None when there is one."""
+
+
+def gomemlimit_for(limit_bytes: int, spec: GoMemPolicySpec) -> Expectation:
+    """The value contract, and the one gate every GOMEMLIMIT this project writes passes.
 
     headroom = L - floor(L * ratio), clamped to [minHeadroom, maxHeadroom];
-    value = L - headroom, rounded down to a whole MiB. Under 1 MiB gives None.
+    value = L - headroom, rounded down to a whole MiB.
+
+    The value is then read back with Go's own rules (``parse_byte_count``). It is returned
+    only when Go reads it as exactly the intended bytes, at most MaxInt64, and below the
+    limit; otherwise there is no value, and ``problem`` says why.
     """
+    if limit_bytes > CEILING:
+        return Expectation(
+            None,
+            f"the memory limit is more than {CEILING_TEXT} bytes, beyond anything a "
+            "GOMEMLIMIT can express (Go's maximum is 8EiB); set a real memory limit",
+        )
     ratio = Fraction(spec.ratio)  # exact: Decimal -> Fraction, no binary float
     headroom = limit_bytes - math.floor(limit_bytes * ratio)
     low, high = spec.min_headroom_bytes, spec.max_headroom_bytes
@@ -96,7 +164,30 @@ def expected_gomemlimit(limit_bytes: int, spec: GoMemPolicySpec) -> str | None:
     if high is not None:
         headroom = min(headroom, high)
     mebibytes = (limit_bytes - headroom) // MIB
-    return format_mib(mebibytes) if mebibytes >= 1 else None
+    if mebibytes < 1:
+        left = max(limit_bytes - headroom, 0)
+        return Expectation(
+            None,
+            f"the policy leaves {left} bytes of a {limit_bytes}-byte limit after {headroom} "
+            "bytes of headroom, under the 1MiB a GOMEMLIMIT needs; raise the memory limit "
+            "or lower the policy's minHeadroom",
+        )
+    value = format_mib(mebibytes)
+    count = parse_byte_count(value)  # Go's grammar and range, on our own output
+    if count is None or count > MAX_INT64:
+        return Expectation(
+            None,
+            f"the policy gives {value}, which Go rejects as above its maximum of "
+            f"{MAX_INT64} bytes; lower the memory limit (a limit this large is no limit)",
+        )
+    if count != mebibytes * MIB or count >= limit_bytes:
+        return Expectation(None, f"the policy gives {value}, which is not below the limit")
+    return Expectation(value)
+
+
+def expected_gomemlimit(limit_bytes: int, spec: GoMemPolicySpec) -> str | None:
+    """The value of :func:`gomemlimit_for`, or None."""
+    return gomemlimit_for(limit_bytes, spec).value
 
 
 def governing_policy(
@@ -113,13 +204,14 @@ def governing_policy(
     """
     namespaced: list[Policy] = []
     cluster: list[Policy] = []
-    for policy in policies:
-        if not matches_selector(policy.spec.selector, pod_labels):
-            continue
-        if policy.kind == NAMESPACED_KIND and policy.namespace == namespace:
-            namespaced.append(policy)
-        elif policy.kind == CLUSTER_KIND and matches_selector(
-            policy.namespace_selector, namespace_labels
+    for policy in policies:  # scope first: another namespace's policy costs one comparison
+        if policy.kind == NAMESPACED_KIND:
+            if policy.namespace == namespace and matches_selector(policy.spec.selector, pod_labels):
+                namespaced.append(policy)
+        elif (
+            policy.kind == CLUSTER_KIND
+            and matches_selector(policy.namespace_selector, namespace_labels)
+            and matches_selector(policy.spec.selector, pod_labels)
         ):
             cluster.append(policy)
     for candidates in (namespaced, cluster):
@@ -146,7 +238,7 @@ class ContainerReport:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Slot:
     path: str  # "spec.containers[0]"
     init: bool
@@ -156,23 +248,72 @@ class _Slot:
     def name(self) -> str:
         return str(self.container.get("name", ""))
 
+    @property
+    def env(self) -> list[Any]:
+        entries = self.container.get("env")
+        return entries if isinstance(entries, list) else []
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class _Env:
     index: int
     source: str
     text: str | None  # None when only the cluster can know (ConfigMap, Secret, fieldRef)
 
 
-def _slots(spec: Mapping[str, Any], prefix: str) -> Iterator[_Slot]:
-    for key, init in (("initContainers", True), ("containers", False)):
-        for index, container in enumerate(spec.get(key) or ()):
-            if isinstance(container, MutableMapping):
-                yield _Slot(f"{prefix}.{key}[{index}]", init, container)
+def _container_lists(spec: Mapping[str, Any]) -> list[tuple[str, list[Any]]]:
+    groups = [(key, spec.get(key)) for key in ("initContainers", "containers")]
+    return [(key, items) for key, items in groups if isinstance(items, list)]
 
 
-def _governs(policy: Policy | None, slot: _Slot) -> bool:
-    return governs(policy, slot.name, slot.init)
+def check_bounds(
+    spec: Mapping[str, Any], prefix: str = "spec", bounds: Bounds = DEFAULT_BOUNDS
+) -> None:
+    """Raise :class:`PodTooLarge` for a pod beyond ``bounds``; O(containers), no copying."""
+    lists = _container_lists(spec)
+    count = sum(len(items) for _, items in lists)
+    if count > bounds.max_containers:
+        raise PodTooLarge(
+            prefix,
+            f"the pod has {count} containers and init containers; "
+            f"gomemlimit evaluates at most {bounds.max_containers}",
+        )
+    entries = 0
+    for _, items in lists:
+        for item in items:
+            env = item.get("env") if isinstance(item, Mapping) else None
+            entries += len(env) if isinstance(env, list) else 0
+    if entries > bounds.max_env_entries:
+        raise PodTooLarge(
+            prefix,
+            f"the pod's containers have {entries} env entries; "
+            f"gomemlimit evaluates at most {bounds.max_env_entries}",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Pod:
+    """One pod spec, indexed once: every lookup below is O(1) or linear in one container."""
+
+    spec: Mapping[str, Any]
+    prefix: str
+    slots: tuple[_Slot, ...]
+    by_name: Mapping[str, _Slot]
+    """The first container of each name, init containers first (resourceFieldRef lookups)."""
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any], prefix: str, bounds: Bounds) -> _Pod:
+        check_bounds(spec, prefix, bounds)
+        slots = tuple(
+            _Slot(f"{prefix}.{key}[{index}]", key == "initContainers", item)
+            for key, items in _container_lists(spec)
+            for index, item in enumerate(items)
+            if isinstance(item, MutableMapping)
+        )
+        by_name: dict[str, _Slot] = {}
+        for slot in slots:
+            by_name.setdefault(slot.name, slot)
+        return cls(spec, prefix, slots, by_name)
 
 
 def _quantity_at(mapping: Mapping[str, Any], keys: tuple[str, ...], path: str) -> int | None:
@@ -185,20 +326,22 @@ def _quantity_at(mapping: Mapping[str, Any], keys: tuple[str, ...], path: str) -
         return None
     try:
         return parse_bytes(value)
+    except QuantityTooLarge:
+        return BEYOND_CEILING  # valid, and more than any GOMEMLIMIT can mean
     except QuantityError as exc:
         raise SpecError(f"{path}.{'.'.join(keys)}", str(exc)) from None
 
 
-def _limit(slot: _Slot, spec: Mapping[str, Any], prefix: str) -> int | None:
+def _limit(slot: _Slot, pod: _Pod) -> int | None:
     own = _quantity_at(slot.container, ("resources", "limits", "memory"), slot.path)
     if own is not None:
         return own
-    return _quantity_at(spec, ("resources", "limits", "memory"), prefix)
+    return _quantity_at(pod.spec, ("resources", "limits", "memory"), pod.prefix)
 
 
-def _env(slot: _Slot, var: str, spec: Mapping[str, Any], prefix: str) -> _Env | None:
+def _env(slot: _Slot, var: str, pod: _Pod) -> _Env | None:
     """The entry Kubernetes uses for ``var``: the last one with that name."""
-    entries = slot.container.get("env") or []
+    entries = slot.env
     for index in range(len(entries) - 1, -1, -1):
         entry = entries[index]
         if not isinstance(entry, Mapping) or entry.get("name") != var:
@@ -208,26 +351,24 @@ def _env(slot: _Slot, var: str, spec: Mapping[str, Any], prefix: str) -> _Env | 
             return _Env(index, "value", str(entry.get("value") or ""))
         kind = next(iter(source))
         text = None
-        if kind == "resourceFieldRef":
-            text = _resource_field(slot, source[kind], spec, prefix, f"{slot.path}.env[{index}]")
+        if kind == "resourceFieldRef" and isinstance(source[kind], Mapping):
+            text = _resource_field(slot, source[kind], pod, f"{slot.path}.env[{index}]")
         return _Env(index, str(kind), text)
     return None
 
 
-def _resource_field(
-    slot: _Slot, ref: Mapping[str, Any], spec: Mapping[str, Any], prefix: str, path: str
-) -> str | None:
+def _resource_field(slot: _Slot, ref: Mapping[str, Any], pod: _Pod, path: str) -> str | None:
     """What the kubelet writes for a resourceFieldRef on memory: ceil(bytes / divisor)."""
     resource = ref.get("resource")
     if resource not in ("limits.memory", "requests.memory"):
         return None
     target = slot
     if ref.get("containerName"):
-        found = [s for s in _slots(spec, prefix) if s.name == ref["containerName"]]
-        if not found:
+        named = pod.by_name.get(str(ref["containerName"]))
+        if named is None:
             return None
-        target = found[0]
-    limit = _limit(target, spec, prefix)
+        target = named
+    limit = _limit(target, pod)
     amount = limit
     if resource == "requests.memory":
         request = _quantity_at(target.container, ("resources", "requests", "memory"), target.path)
@@ -238,11 +379,15 @@ def _resource_field(
     return str(-(-amount // divisor))
 
 
+def _bytes(count: int) -> str:
+    return f"more than {CEILING_TEXT} bytes" if count > CEILING else f"{count} bytes"
+
+
 def _injected(annotations: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """The record of values this project wrote; a damaged record counts as none."""
     try:
         record = json.loads(str(annotations.get(ANNOTATION_INJECTED) or "{}"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
         return {}
     if not isinstance(record, dict):
         return {}
@@ -269,6 +414,7 @@ class ContainerFacts:
     name: str
     init: bool
     memory_limit_bytes: int | None
+    """Exact bytes; :data:`BEYOND_CEILING` for any amount above ``quantity.CEILING``."""
     gomemlimit: str | None
     """The GOMEMLIMIT Go will read, or None when unset or unknowable (see ``source``)."""
     source: str | None
@@ -286,25 +432,29 @@ class PodFacts:
 
 
 def pod_facts(
-    metadata: Mapping[str, Any], spec: Mapping[str, Any], prefix: str = "spec"
+    metadata: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    prefix: str = "spec",
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> PodFacts:
-    """Read every field the evaluation needs. Raises :class:`SpecError` on a bad quantity."""
+    """Read every field the evaluation needs, in time linear in the size of the pod.
+
+    Raises :class:`SpecError` on a bad quantity, :class:`PodTooLarge` beyond ``bounds``.
+    """
     annotations = metadata.get("annotations") or {}
     injected = _injected(annotations)
+    pod = _Pod.of(spec, prefix, bounds)
     return PodFacts(
         _opted_out(annotations),
-        tuple(_container_facts(slot, spec, prefix, injected) for slot in _slots(spec, prefix)),
+        tuple(_container_facts(slot, pod, injected) for slot in pod.slots),
     )
 
 
 def _container_facts(
-    slot: _Slot,
-    spec: Mapping[str, Any],
-    prefix: str,
-    injected: Mapping[str, Mapping[str, str]],
+    slot: _Slot, pod: _Pod, injected: Mapping[str, Mapping[str, str]]
 ) -> ContainerFacts:
-    limit = _limit(slot, spec, prefix)
-    env = _env(slot, GOMEMLIMIT, spec, prefix)
+    limit = _limit(slot, pod)
+    env = _env(slot, GOMEMLIMIT, pod)
     if env is None:
         return ContainerFacts(slot.name, slot.init, limit, None, None, False)
     ours = env.source == "value" and injected.get(slot.name, {}).get(GOMEMLIMIT) == env.text
@@ -316,9 +466,10 @@ def evaluate_pod(
     spec: Mapping[str, Any],
     policy: Policy | None,
     prefix: str = "spec",
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> list[ContainerReport]:
     """One report per container (init containers first, in spec order)."""
-    return evaluate_facts(pod_facts(metadata, spec, prefix), policy)
+    return evaluate_facts(pod_facts(metadata, spec, prefix, bounds), policy)
 
 
 def evaluate_facts(facts: PodFacts, policy: Policy | None) -> list[ContainerReport]:
@@ -332,7 +483,7 @@ def governs(policy: Policy | None, name: str, init: bool) -> bool:
     """Whether the pod's governing policy applies to this container."""
     if policy is None or (init and not policy.spec.include_init_containers):
         return False
-    return matches_globs(policy.spec.containers, name)
+    return policy.globs.matches(name)
 
 
 def evaluate_container(
@@ -342,9 +493,10 @@ def evaluate_container(
     policy = pod_policy if governs(pod_policy, facts.name, facts.init) else None
     limit = facts.memory_limit_bytes
     value, source, ours = facts.gomemlimit, facts.source, facts.injected
-    expected = None
+    expectation = Expectation(None)
     if policy is not None and limit is not None:
-        expected = expected_gomemlimit(limit, policy.spec)
+        expectation = gomemlimit_for(limit, policy.spec)
+    expected = expectation.value
 
     def report(state: State, reason: str) -> ContainerReport:
         return ContainerReport(
@@ -371,7 +523,7 @@ def evaluate_container(
         if limit is not None and count >= limit:
             return report(
                 State.EXCEEDS_LIMIT,
-                f"GOMEMLIMIT={value} is not below the memory limit of {limit} bytes: "
+                f"GOMEMLIMIT={value} is not below the memory limit of {_bytes(limit)}: "
                 "the kernel OOM-kills before the GC reacts",
             )
     if policy is None:
@@ -382,11 +534,17 @@ def evaluate_container(
         return report(State.NO_MEMORY_LIMIT, "no memory limit on the container or the pod")
     if source is None or (value is not None and is_no_limit(value)):
         if expected is None:
-            return report(State.COMPLIANT, "the limit is under the 1MiB a GOMEMLIMIT needs")
+            return report(State.UNSATISFIABLE, f"no GOMEMLIMIT can be set: {expectation.problem}")
         how = "is not set" if source is None else f"is {value!r}, which means no limit"
         return report(State.MISSING, f"GOMEMLIMIT {how}; expected {expected}")
     if value is None:
         return report(State.UNVERIFIABLE, f"GOMEMLIMIT comes from {source}")
+    if expected is None:  # a valid value below the limit, which the policy could not give
+        return report(
+            State.COMPLIANT,
+            f"GOMEMLIMIT is valid and below the limit (the policy yields no value here: "
+            f"{expectation.problem})",
+        )
     if (ours or policy.spec.on_existing is OnExisting.OVERRIDE) and value != expected:
         whose = "injected" if ours else "set"
         return report(
@@ -423,6 +581,7 @@ def mutate_pod(
     spec: MutableMapping[str, Any],
     policy: Policy | None,
     prefix: str = "spec",
+    bounds: Bounds = DEFAULT_BOUNDS,
 ) -> MutationResult:
     """Inject GOMEMLIMIT (and GOGC) into the governed containers, in place.
 
@@ -430,7 +589,9 @@ def mutate_pod(
     rewrites other entries. Idempotent: a second call changes nothing, and a
     call after the memory limit changed corrects only values this project wrote
     (recorded in the ``gomemlimit.io/injected`` annotation). A user's own value
-    is replaced only when the policy says ``onExisting: override``.
+    is replaced only when the policy says ``onExisting: override``. GOGC is written
+    only beside a GOMEMLIMIT: ``GOGC=off`` with no limit would let the heap grow unbounded.
+    Raises :class:`PodTooLarge` beyond ``bounds``, before changing anything.
     """
     if policy is None:
         return MutationResult(False, "no policy governs the pod")
@@ -441,15 +602,15 @@ def mutate_pod(
     before = _injected(metadata.get("annotations") or {})
     record: dict[str, dict[str, str]] = {}
     changed = False
-    for slot in _slots(spec, prefix):
-        if not _governs(policy, slot):
+    pod = _Pod.of(spec, prefix, bounds)
+    for slot in pod.slots:
+        if not governs(policy, slot.name, slot.init):
             continue
-        limit = _limit(slot, spec, prefix)
-        wanted = {
-            GOMEMLIMIT: None if limit is None else expected_gomemlimit(limit, policy.spec),
-            GOGC: policy.spec.gogc,
-        }
-        for var, value in wanted.items():
+        limit = _limit(slot, pod)
+        gomemlimit = None if limit is None else gomemlimit_for(limit, policy.spec).value
+        if gomemlimit is None:
+            continue
+        for var, value in ((GOMEMLIMIT, gomemlimit), (GOGC, policy.spec.gogc)):
             if value is None:
                 continue
             written = _write_env(slot, var, value, before.get(slot.name, {}).get(var), policy)
@@ -474,17 +635,18 @@ def mutate_pod(
 def _write_env(slot: _Slot, var: str, value: str, ours: str | None, policy: Policy) -> bool | None:
     """Set ``var`` on a container. True: changed; False: already right; None: left alone."""
     entries = slot.container.get("env")
+    if entries is None:  # absent, or `env: null` in YAML
+        entries = slot.container["env"] = []
+    elif not isinstance(entries, list):
+        return None  # not an env list: not ours to repair
     index = None
-    for position, entry in enumerate(entries or ()):
+    for position, entry in enumerate(entries):
         if isinstance(entry, Mapping) and entry.get("name") == var:
             index = position
     wanted = {"name": var, "value": value}
     if index is None:
-        if slot.container.get("env") is None:  # absent, or `env: null` in YAML
-            slot.container["env"] = []
-        slot.container["env"].append(wanted)
+        entries.append(wanted)
         return True
-    assert entries is not None
     current = entries[index]
     is_ours = ours is not None and "valueFrom" not in current and current.get("value") == ours
     if not is_ours and policy.spec.on_existing is not OnExisting.OVERRIDE:

@@ -48,7 +48,15 @@ from .registry import Registry
 
 __all__ = ["EVENT_TYPES", "WatcherCollector", "register_collector"]
 
-EVENT_TYPES: Final = ("listed", "added", "modified", "deleted", "ignored", "error")
+EVENT_TYPES: Final = (
+    "listed",
+    "added",
+    "modified",
+    "deleted",
+    "ignored",
+    "too_large",
+    "error",
+)
 
 
 class WatcherCollector:

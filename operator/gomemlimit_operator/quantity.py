@@ -3,7 +3,14 @@
 The arithmetic is done by ``kubernetes.utils.parse_quantity`` (exact ``Decimal``);
 this module adds what it lacks: a strict grammar check (``Decimal`` alone would
 accept ``NaN``, ``1_000`` or surrounding spaces), enough precision for any
-suffix, and Kubernetes' rounding of fractional bytes up to the next byte.
+suffix, Kubernetes' rounding of fractional bytes up to the next byte, and a ceiling.
+
+The ceiling bounds the work. The API server stores decimal quantities as an int64
+mantissa times ``10**scale`` with any int32 scale, uncapped: ``1e999999`` is a memory
+limit it accepts. Turning that into an exact integer takes a Python process 45 s of CPU,
+so amounts above :data:`CEILING` (10^24 bytes, a million times more than any int64 can
+hold) raise :class:`QuantityTooLarge` after a cheap ``Decimal`` comparison, before any
+big-integer arithmetic.
 """
 
 from __future__ import annotations
@@ -14,9 +21,13 @@ from decimal import Decimal, localcontext
 
 from kubernetes.utils import parse_quantity
 
-__all__ = ["MIB", "QuantityError", "parse_bytes"]
+__all__ = ["CEILING", "CEILING_TEXT", "MIB", "QuantityError", "QuantityTooLarge", "parse_bytes"]
 
 MIB = 1 << 20
+CEILING = 10**24
+"""The largest amount, in bytes, that :func:`parse_bytes` converts to an integer."""
+CEILING_TEXT = "1e24"
+""":data:`CEILING` as a quantity, for CEL rules and messages."""
 
 # apimachinery's grammar: <sign><digits>[.<digits>]<suffix>, where the suffix is a
 # binary SI unit, a decimal SI unit or a decimal exponent (resource/quantity.go).
@@ -28,6 +39,10 @@ _QUANTITY = re.compile(
 
 class QuantityError(ValueError):
     """A value that is not a valid, non-negative Kubernetes quantity."""
+
+
+class QuantityTooLarge(QuantityError):
+    """A valid quantity above :data:`CEILING` bytes."""
 
 
 def parse_bytes(value: object) -> int:
@@ -43,10 +58,14 @@ def parse_bytes(value: object) -> int:
     if not _QUANTITY.fullmatch(text):
         raise QuantityError(f"{text!r} is not a valid quantity (examples: 512Mi, 1Gi, 500M)")
     with localcontext() as ctx:
-        ctx.prec = 200  # wider than any suffix times any int64 mantissa
+        # Exact for any input: the product of the written digits and the largest suffix
+        # (1024**6, 19 digits) never has more significant digits than this.
+        ctx.prec = len(text) + 40
         amount: Decimal = parse_quantity(text)  # type: ignore[no-untyped-call]
         if amount < 0:
             raise QuantityError(f"{text!r} is negative")
+        if amount > CEILING:  # compares exponents: cheap for any size
+            raise QuantityTooLarge(f"{text!r} is more than {CEILING_TEXT} bytes")
         return math.ceil(amount)
 
 

@@ -1,13 +1,12 @@
-"""Label selectors and container-name globs, evaluated the way Kubernetes does."""
+"""Label selectors, evaluated the way Kubernetes does (container globs: globs.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from fnmatch import fnmatchcase
+from collections.abc import Mapping
 
 from .api import LabelSelector
 
-__all__ = ["matches_globs", "matches_selector", "namespace_labels"]
+__all__ = ["matches_selector", "namespace_labels"]
 
 
 def matches_selector(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
@@ -28,11 +27,6 @@ def matches_selector(selector: LabelSelector | None, labels: Mapping[str, str]) 
         if req.operator == "NotIn" and present and labels[req.key] in (req.values or ()):
             return False
     return True
-
-
-def matches_globs(patterns: Iterable[str] | None, name: str) -> bool:
-    """Container-name globs (case-sensitive fnmatch). None means every name."""
-    return patterns is None or any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def namespace_labels(name: str, labels: Mapping[str, str] | None = None) -> dict[str, str]:

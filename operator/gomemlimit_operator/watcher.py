@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import kopf
 
-from .engine import SpecError, pod_facts
+from .engine import PodTooLarge, SpecError, pod_facts
 from .records import PodStore
 
 __all__ = ["TERMINAL_PHASES", "PodWatcher", "confirm_listing", "register"]
@@ -98,6 +98,11 @@ class PodWatcher:
             return
         try:
             facts = pod_facts(metadata, body.get("spec") or {})
+        except PodTooLarge as exc:  # not recorded: its cost is what the bounds prevent
+            logger.warning("Not evaluating pod %s/%s: %s", namespace, name, exc.problem)
+            self.store.count_event("too_large")
+            self.store.forget(uid, listing_namespace=namespace if listing else None)
+            return
         except SpecError as exc:  # the API server validated it: should never happen
             logger.warning("Cannot evaluate pod %s/%s: %s", namespace, name, exc)
             self.store.count_event("error")

@@ -27,7 +27,15 @@ import kopf
 
 from .admission_metrics import AdmissionMetrics, Result
 from .devwebhook import DevProbe
-from .engine import SpecError, State, evaluate_pod, mutate_pod, mutation_skip_reason
+from .engine import (
+    PodTooLarge,
+    SpecError,
+    State,
+    check_bounds,
+    evaluate_pod,
+    mutate_pod,
+    mutation_skip_reason,
+)
 from .registry import Registry
 
 __all__ = [
@@ -87,14 +95,16 @@ def admit(
     if skip is not None:
         return _skip(skip, policy.ref)
 
-    new_metadata = copy.deepcopy(dict(metadata))
-    new_spec = copy.deepcopy(dict(pod.get("spec") or {}))
     try:
+        check_bounds(pod.get("spec") or {})  # before copying: the copy is the larger cost
+        new_metadata = copy.deepcopy(dict(metadata))
+        new_spec = copy.deepcopy(dict(pod.get("spec") or {}))
         result = mutate_pod(new_metadata, new_spec, policy)
         reports = evaluate_pod(new_metadata, new_spec, policy)
     except SpecError as exc:
         message = f"gomemlimit: not injected: {exc.field}: {exc.problem}"
-        return Admission("skipped", str(exc), policy.ref, warnings=(message,))
+        outcome: Result = "too_large" if isinstance(exc, PodTooLarge) else "skipped"
+        return Admission(outcome, str(exc), policy.ref, warnings=(message,))
     warnings = tuple(
         f"gomemlimit: container {report.container}: {report.reason}"
         for report in reports

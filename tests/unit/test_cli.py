@@ -96,6 +96,8 @@ EXPECTED_ROWS = [
      "compliant", "ClusterGoMemPolicy/go-default"),
     ("default", "Pod", "json-pod", "app", False, 64 * MIB, None, "configMapKeyRef", "57MiB",
      "unverifiable", "ClusterGoMemPolicy/go-default"),
+    ("default", "Pod", "tiny", "app", False, MIB, None, None, None,
+     "unsatisfiable", "ClusterGoMemPolicy/go-default"),
 ]  # fmt: skip
 FIELDS = (
     "namespace", "kind", "name", "container", "init", "memoryLimitBytes", "gomemlimit",
@@ -230,12 +232,13 @@ def test_audit_table_is_aligned_with_a_summary(capsys: pytest.CaptureFixture[str
     assert "1Gi" in table[0]
     assert "<configMapKeyRef>" in table[11]
     summary = (
-        "12 containers in 9 pod specs: 1 compliant, 2 missing, 1 invalid, 1 exceeds_limit, "
-        "1 no_memory_limit, 1 stale, 1 opted_out, 1 unverifiable, 3 unmanaged (5 failing)"
+        "13 containers in 10 pod specs: 1 compliant, 2 missing, 1 invalid, 1 exceeds_limit, "
+        "1 no_memory_limit, 1 unsatisfiable, 1 stale, 1 opted_out, 1 unverifiable, 3 unmanaged "
+        "(6 failing)"
     )
     assert summary in lines
     attention = lines[lines.index("Needs attention:") + 1 :]
-    assert len(attention) == 6  # the five failing containers and the stale one
+    assert len(attention) == 7  # the six failing containers and the stale one
     assert attention[0].strip().startswith("team/Deployment/api app: missing:")
 
 
@@ -495,7 +498,7 @@ def test_mutate_changes_only_env_and_annotations(capsys: pytest.CaptureFixture[s
     # BaseLoader reads every scalar as the text written: a quoting or type change shows.
     before = [doc for path in files for doc in yaml.load_all(path.read_text(), yaml.BaseLoader)]
     after = list(yaml.load_all(out, yaml.BaseLoader))
-    assert len(after) == len(before) == 13
+    assert len(after) == len(before) == 14
     changed = {
         (doc_index, path)
         for doc_index, (old, new) in enumerate(zip(before, after, strict=True))
@@ -586,6 +589,10 @@ def test_mutate_output_is_a_fixed_point_and_audits_clean(
         "bytes: the kernel OOM-kills before the GC reacts",
         f"warning: {MANIFESTS / 'nested/workloads.yml'}: DaemonSet/default/agent: container "
         "app: no_memory_limit: no memory limit on the container or the pod",
+        f"warning: {MANIFESTS / 'tiny.yaml'}: Pod/default/tiny: container app: unsatisfiable: "
+        "no GOMEMLIMIT can be set: the policy leaves 943718 bytes of a 1048576-byte limit "
+        "after 104858 bytes of headroom, under the 1MiB a GOMEMLIMIT needs; raise the memory "
+        "limit or lower the policy's minHeadroom",
     ]
     mutated = write(tmp_path / "mutated.yaml", out)
     again, _ = mutate(capsys, "-f", mutated)

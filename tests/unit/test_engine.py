@@ -114,9 +114,13 @@ def test_value_matches_go_grammar_for_many_limits() -> None:
 
 
 def test_state_sets() -> None:
-    assert {State.MISSING, State.INVALID, State.EXCEEDS_LIMIT, State.NO_MEMORY_LIMIT} == set(
-        FAILING_STATES
-    )
+    assert {
+        State.MISSING,
+        State.INVALID,
+        State.EXCEEDS_LIMIT,
+        State.NO_MEMORY_LIMIT,
+        State.UNSATISFIABLE,
+    } == set(FAILING_STATES)
     assert FAILING_STATES | {State.STALE} == NONCOMPLIANT_STATES
 
 

@@ -223,6 +223,15 @@ def contract_values() -> set[str]:
         value = expected_gomemlimit(limit, spec)
         if value is not None:
             values.add(value)
+    # Past MaxInt64 (the API server stores 12E uncapped): the gate lets through only what
+    # Go reads, up to the largest whole MiB at or below MaxInt64.
+    edges = [policy(maxHeadroom=high).spec for high in ("1", "1Gi", "4E", "1e24")]
+    for limit in (MAX_INT64, 1 << 63, 12 * 10**18, 10**20, 10**24):
+        for spec in edges:
+            value = expected_gomemlimit(limit, spec)
+            if value is not None:
+                values.add(value)
+    assert "8796093022207MiB" in values  # 2^63 - 1MiB: the largest value ever written
     for limit, fields, expected in VALUE_CONTRACT_CASES:
         assert expected_gomemlimit(parse_bytes(limit), policy(**fields).spec) == expected
         if expected is not None:

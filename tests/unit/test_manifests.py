@@ -28,6 +28,7 @@ def test_finds_every_pod_spec_with_its_location() -> None:
         ("workloads.yml", 2, None, "ReplicationController", "default", "old", "spec.template.spec"),
         ("workloads.yml", 3, None, "Job", "default", "once", "spec.template.spec"),
         ("pod.json", 0, None, "Pod", "default", "json-pod", "spec"),
+        ("tiny.yaml", 0, None, "Pod", "default", "tiny", "spec"),
     ]  # fmt: skip
     assert {row[3] for row in summary} == set(POD_SPEC_PATHS)  # every workload kind
     assert [policy.ref for policy in found.policies] == [
@@ -36,7 +37,7 @@ def test_finds_every_pod_spec_with_its_location() -> None:
         "GoMemPolicy/jobs/batch",
     ]
     assert found.namespaces == {"team": {"env": "prod"}}
-    assert len(found.documents) == 13
+    assert len(found.documents) == 14
 
 
 def test_pod_metadata_comes_from_the_template() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import pytest
 
-from gomemlimit_operator.quantity import MIB, QuantityError, parse_bytes
+from gomemlimit_operator.quantity import CEILING, MIB, QuantityError, QuantityTooLarge, parse_bytes
 
 
 @pytest.mark.parametrize(
@@ -59,9 +60,25 @@ def test_fractional_bytes_round_up(text: str, expected: int) -> None:
 
 
 def test_huge_mantissa_with_suffix_is_exact() -> None:
-    digits = "123456789012345678901234567890"
+    digits = "123456"
     assert parse_bytes(digits + "Ei") == int(digits) << 60
     assert parse_bytes("0." + "0" * 40 + "1Ei") == 1
+    # 1024 and a tiny fraction: rounding to a fixed Decimal precision would lose the fraction.
+    assert parse_bytes("1." + "0" * 300 + "1Ki") == 1025
+    assert parse_bytes(f"{CEILING}") == CEILING
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1e25", "123456789012345678901234567890Ei", "999999999999999999E", "1e999999999"],
+)
+def test_amounts_above_the_ceiling_are_refused_cheaply(text: str) -> None:
+    # The API server stores "1e999999999" as a memory limit; an exact integer of it would
+    # take minutes of CPU. The ceiling is checked on the Decimal, before any conversion.
+    started = time.process_time()
+    with pytest.raises(QuantityTooLarge, match="more than 1e24 bytes"):
+        parse_bytes(text)
+    assert time.process_time() - started < 0.05
 
 
 @pytest.mark.parametrize(

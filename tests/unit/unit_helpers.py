@@ -71,3 +71,40 @@ VALUE_CONTRACT_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("64Mi", {"minHeadroom": "64Mi"}, None),
     ("8Ti", {"ratio": 0.9999}, "8387769MiB"),
 ]
+
+
+INVALID_POLICY_SPECS: list[tuple[dict[str, Any], str]] = [
+    # (GoMemPolicy spec, the field the error names). test_hostile_input.py checks the
+    # pydantic models reject each; tests/e2e/test_policies.py checks the API server does too.
+    ({"ratio": 1.5}, "spec.ratio"),
+    ({"ratio": 0}, "spec.ratio"),
+    ({"ratio": "0.9"}, "spec.ratio"),
+    ({"minHeadroom": "1Gi", "maxHeadroom": "64Mi"}, "spec.maxHeadroom"),
+    ({"maxHeadroom": 0}, "spec.maxHeadroom"),
+    ({"maxHeadroom": "0Mi"}, "spec.maxHeadroom"),
+    ({"minHeadroom": "64 MB"}, "spec.minHeadroom"),
+    ({"minHeadroom": -5}, "spec.minHeadroom"),
+    ({"minHeadroom": "1e25"}, "spec.minHeadroom"),
+    ({"maxHeadroom": "1" * 65}, "spec.maxHeadroom"),
+    ({"mode": "dry"}, "spec.mode"),
+    ({"onExisting": "keep"}, "spec.onExisting"),
+    ({"includeInitContainers": "yes"}, "spec.includeInitContainers"),
+    ({"priority": 2**31}, "spec.priority"),
+    ({"priority": "5"}, "spec.priority"),
+    ({"gogc": "fast"}, "spec.gogc"),
+    ({"gogc": "2147483648"}, "spec.gogc"),
+    ({"gogc": "99999999999"}, "spec.gogc"),
+    ({"containers": []}, "spec.containers"),
+    ({"containers": [""]}, "spec.containers[0]"),
+    ({"containers": ["a" * 129]}, "spec.containers[0]"),
+    ({"containers": ["a"] * 65}, "spec.containers"),
+    ({"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}, "spec.selector"),
+    (
+        {"selector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
+        "spec.selector",
+    ),
+    ({"selector": {"matchExpressions": [{"key": "a", "operator": "Has"}]}}, "spec.selector"),
+    ({"selector": {"matchExpressions": [{"key": "", "operator": "Exists"}]}}, "spec.selector"),
+    ({"selector": {"matchLabels": {f"k{i}": "v" for i in range(33)}}}, "spec.selector"),
+    ({"selector": {"matchLabels": {"k": "v" * 64}}}, "spec.selector"),
+]
