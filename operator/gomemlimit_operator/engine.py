@@ -43,6 +43,7 @@ __all__ = [
     "ContainerFacts",
     "ContainerReport",
     "Expectation",
+    "MutationPlan",
     "MutationResult",
     "PodFacts",
     "PodTooLarge",
@@ -57,6 +58,7 @@ __all__ = [
     "governing_policy",
     "governs",
     "mutate_pod",
+    "plan_mutation",
     "pod_facts",
 ]
 
@@ -655,3 +657,93 @@ def _write_env(slot: _Slot, var: str, value: str, ours: str | None, policy: Poli
         return False
     entries[index] = wanted
     return True
+
+
+@dataclass(frozen=True)
+class MutationPlan:
+    """:func:`mutate_pod` applied to shallow copies, and the RFC 6902 operations that do the
+    same to the original pod. The original is never modified."""
+
+    result: MutationResult
+    metadata: dict[str, Any]
+    """The pod's metadata after the mutation (shares unchanged values with the original)."""
+    spec: dict[str, Any]
+    """The pod's spec after the mutation (shares unchanged values with the original)."""
+    operations: list[dict[str, Any]]
+
+
+def plan_mutation(
+    metadata: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    policy: Policy | None,
+    bounds: Bounds = DEFAULT_BOUNDS,
+) -> MutationPlan:
+    """What :func:`mutate_pod` would do to a pod, as JSON Patch operations on the pod object.
+
+    The mutation only ever appends or replaces ``env`` entries and sets annotations, so only
+    the annotation map, the container lists, the containers and their ``env`` lists are
+    copied (references, not values), and the operations come from comparing exactly those:
+    the work is linear in the pod's containers and env entries, never a whole-object diff.
+    """
+    check_bounds(spec, "spec", bounds)  # before copying anything
+    new_metadata = dict(metadata)
+    if isinstance(metadata.get("annotations"), Mapping):
+        new_metadata["annotations"] = dict(metadata["annotations"])
+    new_spec = dict(spec)
+    for key, items in _container_lists(spec):
+        new_spec[key] = [_writable_container(item) for item in items]
+    result = mutate_pod(new_metadata, new_spec, policy, "spec", bounds)
+    operations: list[dict[str, Any]] = []
+    if result.changed:
+        for key, items in _container_lists(spec):
+            for index, (old, new) in enumerate(zip(items, new_spec[key], strict=True)):
+                if isinstance(old, Mapping):
+                    operations += _env_operations(f"/spec/{key}/{index}/env", old, new)
+        operations += _map_operations(
+            "/metadata/annotations", metadata.get("annotations"), new_metadata.get("annotations")
+        )
+    return MutationPlan(result, new_metadata, new_spec, operations)
+
+
+def _writable_container(item: Any) -> Any:
+    if not isinstance(item, Mapping):
+        return item
+    copied = dict(item)
+    if isinstance(item.get("env"), list):
+        copied["env"] = list(item["env"])
+    return copied
+
+
+def _env_operations(
+    path: str, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    before, after = old.get("env"), new.get("env")
+    if not isinstance(before, list):  # absent or null: mutate_pod made a new list
+        return [] if after is before else [{"op": "add", "path": path, "value": after}]
+    assert isinstance(after, list)
+    operations = [
+        {"op": "replace", "path": f"{path}/{index}", "value": entry}
+        for index, (was, entry) in enumerate(zip(before, after, strict=False))
+        if entry is not was
+    ]
+    operations += [{"op": "add", "path": f"{path}/-", "value": e} for e in after[len(before) :]]
+    return operations
+
+
+def _map_operations(path: str, old: Any, new: Any) -> list[dict[str, Any]]:
+    if not isinstance(old, Mapping):
+        return [] if new is old else [{"op": "add", "path": path, "value": new}]
+    return [
+        {
+            "op": "add" if key not in old else "replace",
+            "path": f"{path}/{_pointer(key)}",
+            "value": v,
+        }
+        for key, v in new.items()
+        if key not in old or old[key] != v
+    ]
+
+
+def _pointer(key: str) -> str:
+    """One JSON Pointer reference token (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from prometheus_client import REGISTRY
 
 from . import __version__, certs, pods, policies, webhook
 from .admission_metrics import AdmissionMetrics, default_metrics
@@ -56,6 +57,7 @@ from .devwebhook import (
 )
 from .health import HealthServer, Readiness, metrics_server
 from .leader import LEASE_NAME, ElectionTiming, KubernetesLeaseClient, LeaderElector
+from .loop_monitor import LoopMonitor, freeze_when
 from .policy_status import PolicyStatusWriter, kubernetes_status_patcher
 from .registry import Registry
 
@@ -482,6 +484,7 @@ async def run(config: OperatorConfig) -> int:
 
         server = webhook.ServingWebhookServer(
             on_serving=on_serving,
+            lean=components.pod_webhook.review,
             addr=config.bind_host,
             port=config.webhook_port,
             host=_reachable(config.bind_host),
@@ -498,6 +501,8 @@ async def run(config: OperatorConfig) -> int:
             with metrics_server(config.bind_host, config.metrics_port):
                 await health.start()
                 tasks = [asyncio.create_task(factory()) for factory in components.background]
+                tasks.append(asyncio.create_task(LoopMonitor(REGISTRY).run()))
+                tasks.append(asyncio.create_task(freeze_when(lambda: components.readiness.ready)))
                 if config.dev:
                     tasks.append(
                         asyncio.create_task(_register_dev_webhook(components, registrations))

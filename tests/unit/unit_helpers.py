@@ -84,7 +84,7 @@ INVALID_POLICY_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"maxHeadroom": "0Mi"}, "spec.maxHeadroom"),
     ({"minHeadroom": "64 MB"}, "spec.minHeadroom"),
     ({"minHeadroom": -5}, "spec.minHeadroom"),
-    ({"minHeadroom": "1e25"}, "spec.minHeadroom"),
+    ({"minHeadroom": "10000000E"}, "spec.minHeadroom"),  # 1e25 bytes
     ({"maxHeadroom": "1" * 65}, "spec.maxHeadroom"),
     ({"mode": "dry"}, "spec.mode"),
     ({"onExisting": "keep"}, "spec.onExisting"),
