@@ -32,7 +32,7 @@ fmt: $(STAMP) ## format and autofix
 	$(VENV)/bin/ruff check --fix operator tests bench
 
 generate: $(STAMP) ## regenerate CRDs and docs from the pydantic models
-	$(PY) -m gomemlimit_operator.crdgen --write
+	$(PY) -m gomemlimit_operator.install.crds --write
 
 test: $(STAMP) cluster-build host-deps ## everything: unit, property, Go-runtime and end-to-end tests
 	PATH="$(TOOLS_PATH)" $(PY) -m pytest tests

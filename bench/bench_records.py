@@ -27,11 +27,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gomemlimit_operator.api import parse_policy
-from gomemlimit_operator.metrics import register_collector
-from gomemlimit_operator.records import PodStore
-from gomemlimit_operator.registry import Registry
-from gomemlimit_operator.watcher import PodWatcher
+from gomemlimit_operator.core.api import parse_policy
+from gomemlimit_operator.core.policy_view import PolicyView
+from gomemlimit_operator.core.records import PodStore
+from gomemlimit_operator.runtime.compliance_metrics import register_collector
+from gomemlimit_operator.runtime.watcher import PodWatcher
 
 GO_INFORMER_BYTES_PER_POD = 36 * 1024
 NONCOMPLIANT_SHARE = 20  # one pod in 20 has GOMEMLIMIT=512Mi (invalid)
@@ -128,7 +128,7 @@ def policy(ratio: str) -> Any:
     )
 
 
-def fresh(registry: Registry) -> tuple[PodStore, PodWatcher]:
+def fresh(registry: PolicyView) -> tuple[PodStore, PodWatcher]:
     store = PodStore(registry, per_namespace_listing=True)
     registry.subscribe(store.policy_changed)
     return store, PodWatcher(store)
@@ -155,7 +155,7 @@ def events(kind: str | None, bodies: list[dict[str, Any]]) -> Iterator[dict[str,
 
 def measure_memory(pods: int, scenario: str) -> tuple[float, int]:
     """(bytes kept per pod, distinct facts) with bodies created and dropped one at a time."""
-    registry = Registry()
+    registry = PolicyView()
     registry.set_policy(policy("0.9"))
     store, watcher = fresh(registry)
     gc.collect()
@@ -172,7 +172,7 @@ def measure_memory(pods: int, scenario: str) -> tuple[float, int]:
 
 def run_scenario(pods: int, scenario: str) -> None:
     per_pod, distinct = measure_memory(pods, scenario)
-    registry = Registry()
+    registry = PolicyView()
     registry.set_policy(policy("0.9"))
     store, watcher = fresh(registry)
     bodies = [make_pod(index, scenario) for index in range(pods)]

@@ -836,13 +836,13 @@ def micro_benchmark(calls: int) -> list[tuple[str, str]]:
     import kopf
     from prometheus_client import CollectorRegistry
 
-    from gomemlimit_operator.admission_metrics import AdmissionMetrics
-    from gomemlimit_operator.api import parse_policy
-    from gomemlimit_operator.registry import Registry
-    from gomemlimit_operator.webhook import PodWebhook, admit
+    from gomemlimit_operator.core.api import parse_policy
+    from gomemlimit_operator.core.policy_view import PolicyView
+    from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
+    from gomemlimit_operator.runtime.webhook import PodWebhook, admit
 
     namespace = "bench-micro"
-    registry = Registry()
+    registry = PolicyView()
     registry.set_policy(parse_policy(policy_manifest()))
     registry.set_namespace(namespace, {BENCH_LABEL: "true"})
     for i in range(20):  # a few other namespaces and policies, as a cluster would have
@@ -874,7 +874,7 @@ def micro_benchmark(calls: int) -> list[tuple[str, str]]:
     assert gomemlimit_of({"spec": decision.spec}) == EXPECTED
 
     # The operator logs one INFO line per injected pod: keep that cost, into /dev/null.
-    webhook_logger = logging.getLogger("gomemlimit_operator.webhook")
+    webhook_logger = logging.getLogger("gomemlimit_operator.runtime.webhook")
     sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (closed below)
     sink.setFormatter(
         logging.Formatter("[%(asctime)s] %(name)-20.20s [%(levelname)-8.8s] %(message)s")

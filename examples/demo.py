@@ -82,7 +82,7 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = 90.0) ->
 
 def operator_command(kubeconfig: Path, ports: dict[str, int]) -> list[str]:
     cli = shutil.which("gomemlimit", path=str(Path(sys.executable).parent))
-    base = [cli, "operator"] if cli else [sys.executable, "-m", "gomemlimit_operator.operator_main"]
+    base = [cli, "operator"] if cli else [sys.executable, "-m", "gomemlimit_operator.runtime.app"]
     return [
         *base,
         "--dev",
@@ -153,7 +153,7 @@ def noncompliant_state(metrics_port: int, pod: str) -> str | None:
 def expected_value(pod: dict[str, Any], policy: str) -> str:
     """The engine's expected GOMEMLIMIT for the pod as it is now (`gomemlimit audit`)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "gomemlimit_operator.cli", "audit", "-f", "-", "-o", "json"],
+        [sys.executable, "-m", "gomemlimit_operator.cli.main", "audit", "-f", "-", "-o", "json"],
         input=f"{json.dumps(pod)}\n---\n{policy}",
         capture_output=True,
         text=True,

@@ -3,7 +3,7 @@
 Fixtures (import them into a test module: ``from operator_harness import operator_process``):
 
 * ``crds`` (session): applies ``crds/`` once and waits until they are Established.
-* ``operator_service`` (session): one ``python -m gomemlimit_operator.operator_main --dev``
+* ``operator_service`` (session): one ``python -m gomemlimit_operator.runtime.app --dev``
   process on free ports, output in a log file; stopped (SIGTERM) at the end of the session.
 * ``operator_process`` (per test): the same process, restarted first if an earlier test
   killed it; after the test, the log lines written during it are printed, and pytest shows
@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from gomemlimit_operator.core.api import PLURALS
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -149,7 +151,7 @@ class OperatorProcess:
         return [
             sys.executable,
             "-m",
-            "gomemlimit_operator.operator_main",
+            "gomemlimit_operator.runtime.app",
             *mode,
             *election,
             "--kubeconfig",
@@ -299,9 +301,6 @@ def pods(cluster: Any, namespace: str, selector: str | None = None) -> list[dict
     if selector:
         args += ["-l", selector]
     return list(get(cluster, *args)["items"])
-
-
-PLURALS = {"GoMemPolicy": "gomempolicies", "ClusterGoMemPolicy": "clustergomempolicies"}
 
 
 def condition(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:

@@ -34,10 +34,10 @@ from operator_harness import (
     wait_until,
 )
 
-from gomemlimit_operator.certs import generate, write_files
-from gomemlimit_operator.leader import LEASE_NAME
-from gomemlimit_operator.policy_status import FIELD_MANAGER
-from gomemlimit_operator.webhook import WEBHOOK_PATH
+from gomemlimit_operator.runtime.certs import generate, write_files
+from gomemlimit_operator.runtime.leader import LEASE_NAME
+from gomemlimit_operator.runtime.status_writer import FIELD_MANAGER
+from gomemlimit_operator.runtime.webhook import WEBHOOK_PATH
 
 __all__ = ["crds", "operator_service"]
 

@@ -28,7 +28,7 @@ from operator_harness import (
     wait_until,
 )
 
-from gomemlimit_operator.engine import ANNOTATION_POLICY
+from gomemlimit_operator.core.engine import ANNOTATION_POLICY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from unit_helpers import INVALID_POLICY_SPECS  # one list for the models and the CRD

@@ -70,7 +70,7 @@ def audit(pod: dict[str, Any], policy: str) -> dict[str, Any]:
     """The engine's view of a live pod, through the CLI: state and expected value."""
     docs = "\n---\n".join([json.dumps(pod), policy])
     proc = subprocess.run(
-        [sys.executable, "-m", "gomemlimit_operator.cli", "audit", "-f", "-", "-o", "json"],
+        [sys.executable, "-m", "gomemlimit_operator.cli.main", "audit", "-f", "-", "-o", "json"],
         input=docs,
         capture_output=True,
         text=True,

@@ -33,8 +33,8 @@ from operator_harness import (
     wait_until,
 )
 
-from gomemlimit_operator.certs import generate, write_files
-from gomemlimit_operator.engine import ANNOTATION_INJECTED, ANNOTATION_POLICY
+from gomemlimit_operator.core.engine import ANNOTATION_INJECTED, ANNOTATION_POLICY
+from gomemlimit_operator.runtime.certs import generate, write_files
 
 __all__ = ["cluster_policies", "crds", "operator_process", "operator_service"]
 

@@ -6,10 +6,10 @@ the same names, which take precedence."""
 from __future__ import annotations
 
 import pytest
-from test_records import Clock, policy
+from unit_helpers import Clock, policy
 
-from gomemlimit_operator.records import PodStore
-from gomemlimit_operator.registry import Registry
+from gomemlimit_operator.core.policy_view import PolicyView
+from gomemlimit_operator.core.records import PodStore
 
 
 @pytest.fixture
@@ -18,14 +18,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def registry() -> Registry:
-    registry = Registry()
+def registry() -> PolicyView:
+    registry = PolicyView()
     registry.set_policy(policy("all"))
     return registry
 
 
 @pytest.fixture
-def store(registry: Registry, clock: Clock) -> PodStore:
+def store(registry: PolicyView, clock: Clock) -> PodStore:
     store = PodStore(registry, settle_seconds=5, clock=clock, wall_clock=clock)
     registry.subscribe(store.policy_changed)
     return store

@@ -1,20 +1,28 @@
-"""Builders for pods and policies shared by the unit tests."""
+"""The one set of builders for the unit tests: policies, containers, pods, a fake clock."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
-from gomemlimit_operator.api import Policy, parse_policy
+from gomemlimit_operator.core.api import Policy, parse_policy
+from gomemlimit_operator.core.engine import pod_facts
+from gomemlimit_operator.core.records import PodStore
 
 
 def policy(
     name: str = "p",
-    kind: str = "ClusterGoMemPolicy",
+    kind: str | None = None,
     namespace: str | None = None,
     **spec: Any,
 ) -> Policy:
-    """A validated policy from camelCase spec fields, exactly as a user writes them."""
-    metadata: dict[str, Any] = {"name": name}
+    """A validated policy from camelCase spec fields, exactly as a user writes them.
+
+    ``kind`` defaults to GoMemPolicy with a ``namespace`` and to ClusterGoMemPolicy without.
+    """
+    kind = kind or ("ClusterGoMemPolicy" if namespace is None else "GoMemPolicy")
+    metadata: dict[str, Any] = {"name": name, "generation": 1}
     if namespace is not None:
         metadata["namespace"] = namespace
     return parse_policy(
@@ -108,3 +116,60 @@ INVALID_POLICY_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"selector": {"matchLabels": {f"k{i}": "v" for i in range(33)}}}, "spec.selector"),
     ({"selector": {"matchLabels": {"k": "v" * 64}}}, "spec.selector"),
 ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pod(
+    name: str,
+    namespace: str = "default",
+    *,
+    uid: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    limit: str | None = "1Gi",
+    gomemlimit: str | None = None,
+    injected: bool = False,
+    sidecar: bool = False,
+    skip: bool = False,
+) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "app"}
+    if limit is not None:
+        container["resources"] = {"limits": {"memory": limit}}
+    if gomemlimit is not None:
+        container["env"] = [{"name": "GOMEMLIMIT", "value": gomemlimit}]
+    annotations: dict[str, str] = {}
+    if injected and gomemlimit is not None:
+        annotations["gomemlimit.io/injected"] = json.dumps({"app": {"GOMEMLIMIT": gomemlimit}})
+    if skip:
+        annotations["gomemlimit.io/skip"] = "true"
+    containers = [container]
+    if sidecar:
+        containers.append({"name": "proxy", "resources": {"limits": {"memory": "128Mi"}}})
+    return {
+        "metadata": {
+            "namespace": namespace,
+            "name": name,
+            "uid": uid or f"uid-{namespace}-{name}",
+            "labels": dict(labels or {}),
+            "annotations": annotations,
+        },
+        "spec": {"containers": containers},
+    }
+
+
+def observe(store: PodStore, pod: Mapping[str, Any], *, listing: bool = False) -> None:
+    md = pod["metadata"]
+    store.observe(
+        md["namespace"],
+        md["name"],
+        md["uid"],
+        md.get("labels"),
+        pod_facts(md, pod["spec"]),
+        listing=listing,
+    )

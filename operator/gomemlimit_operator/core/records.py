@@ -1,0 +1,629 @@
+"""The pod watcher's memory: a compact record per pod and exact aggregates.
+
+The store never keeps a pod object. Per pod it keeps its identity, its labels
+(to re-run policy precedence), the engine's :class:`~.engine.PodFacts` (enough to
+reproduce every container's state under any policy), the governing policy and
+one verdict per container. Equal labels and equal facts are shared between pods
+(replicas of one workload), so a pod costs a few hundred bytes.
+
+Aggregates are kept incrementally, so a scrape or a status update costs
+O(series), not O(pods):
+
+* containers per (namespace, policy, state): the ``gomemlimit_containers`` gauge;
+* per policy: matched pods, governed containers and their states (policy status);
+* the pods that have a container in :data:`~.engine.NONCOMPLIANT_STATES`.
+
+:meth:`PodStore.recount` recomputes the same aggregates from the records; the
+tests compare both after every step.
+
+Policy and namespace label changes do not touch the API: :meth:`PodStore.invalidate`
+queues the pods of the affected namespaces and :meth:`PodStore.reevaluate_pending`
+recomputes them from their records in chunks, so an adapter can yield to its event loop.
+
+Thread-safety: one lock guards everything. kopf handlers run in its event loop,
+registry listeners may run in kopf's thread pool and Prometheus scrapes in the
+HTTP server's thread. The registry is only ever called with the store's lock
+held (never the other way round), so the two locks cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Generic, TypeVar
+
+from gomemlimit_operator.core.api import ContainerCounts, Policy
+from gomemlimit_operator.core.engine import (
+    NONCOMPLIANT_STATES,
+    PodFacts,
+    State,
+    evaluate_container,
+    governing_policy,
+)
+from gomemlimit_operator.core.policy_view import PolicyKey, PolicyView
+
+__all__ = [
+    "Aggregates",
+    "NoncompliantContainer",
+    "PodRecord",
+    "PodStore",
+    "Snapshot",
+]
+
+Labels = tuple[str, ...]
+"""Pod labels as a flat, sorted tuple ``(key1, value1, key2, value2, ...)`` of interned strings."""
+Verdict = tuple[State, bool]
+"""A container's state, and whether the pod's policy governs the container."""
+Scope = str | None
+"""What one kopf watch stream lists: a namespace, or None for a cluster-wide stream."""
+
+_VERDICTS: Final[dict[Verdict, Verdict]] = {
+    (state, governed): (state, governed) for state in State for governed in (False, True)
+}
+_VERDICT_TUPLES: dict[tuple[Verdict, ...], tuple[Verdict, ...]] = {}
+_MAX_VERDICT_TUPLES: Final = 4096
+_STATE_FIELDS: Final = frozenset(ContainerCounts.model_fields)
+
+H = TypeVar("H", bound=Hashable)
+
+
+class _Entry(Generic[H]):
+    __slots__ = ("count", "value")
+
+    def __init__(self, value: H) -> None:
+        self.value, self.count = value, 1
+
+
+class _Pool(Generic[H]):
+    """Reference-counted interning: equal values share one object while any pod uses it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[H, _Entry[H]] = {}
+
+    def acquire(self, value: H) -> H:
+        entry = self._entries.get(value)
+        if entry is None:
+            self._entries[value] = _Entry(value)
+            return value
+        entry.count += 1
+        return entry.value
+
+    def release(self, value: H) -> None:
+        entry = self._entries[value]
+        entry.count -= 1
+        if not entry.count:
+            del self._entries[value]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def labels_key(labels: Mapping[str, str] | None) -> Labels:
+    """The compact form of a pod's labels."""
+    if not labels:
+        return ()
+    flat: list[str] = []
+    for key in sorted(labels):
+        flat.append(sys.intern(str(key)))
+        flat.append(sys.intern(str(labels[key])))
+    return tuple(flat)
+
+
+def labels_dict(labels: Labels) -> dict[str, str]:
+    return dict(zip(labels[::2], labels[1::2], strict=True))
+
+
+@dataclass(slots=True)
+class PodRecord:
+    """Everything the watcher keeps about one pod."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Labels
+    facts: PodFacts
+    policy: Policy | None
+    """The policy that governed the pod when it was last evaluated."""
+    verdicts: tuple[Verdict, ...]
+    """One per entry of ``facts.containers``."""
+    seen: int = 0
+    """The listing epoch of the pod's watch scope when the pod was last seen."""
+
+    @property
+    def policy_ref(self) -> str:
+        return "" if self.policy is None else self.policy.ref
+
+
+@dataclass(frozen=True, slots=True)
+class NoncompliantContainer:
+    namespace: str
+    pod: str
+    container: str
+    policy: str
+    """The governing policy's ref, or "" when no policy governs the container."""
+    state: State
+
+
+@dataclass
+class Aggregates:
+    """Counts derived from the records. Compared with ``==`` in tests."""
+
+    containers: dict[tuple[str, str, State], int] = field(default_factory=dict)
+    """(namespace, policy ref or "", state) -> containers."""
+    matched_pods: dict[str, int] = field(default_factory=dict)
+    governed: dict[str, dict[State, int]] = field(default_factory=dict)
+    """policy ref -> state -> governed containers."""
+    problems: dict[str, tuple[NoncompliantContainer, ...]] = field(default_factory=dict)
+    """uid -> the containers in NONCOMPLIANT_STATES, for pods that have any."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of what the metrics need, taken under the lock."""
+
+    containers: dict[tuple[str, str, State], int]
+    noncompliant: list[NoncompliantContainer]
+    pods: int
+    synced: bool
+    last_full_evaluation: float | None
+    events: dict[str, int]
+    reevaluated_pods: int
+
+
+def _add(counter: dict[H, int], key: H, delta: int) -> None:
+    count = counter.get(key, 0) + delta
+    if count:
+        counter[key] = count
+    else:
+        del counter[key]
+
+
+class _Pass:
+    """Caches for one evaluation batch: policies snapshot, governing policy, verdicts.
+
+    Keyed by the identity of the snapshot's policy objects, which the pass keeps
+    alive, so an id is never reused while the cache exists.
+    """
+
+    def __init__(self, registry: PolicyView) -> None:
+        self.registry = registry
+        self.policies = registry.policies()
+        self._namespaces: dict[str, dict[str, str]] = {}
+        self._governing: dict[tuple[str, Labels], Policy | None] = {}
+        self._verdicts: dict[tuple[PodFacts, int], tuple[Verdict, ...]] = {}
+
+    def governing(self, namespace: str, labels: Labels) -> Policy | None:
+        key = (namespace, labels)
+        try:
+            return self._governing[key]
+        except KeyError:
+            pass
+        ns_labels = self._namespaces.get(namespace)
+        if ns_labels is None:
+            ns_labels = self._namespaces[namespace] = self.registry.namespace_labels(namespace)
+        policy = governing_policy(namespace, labels_dict(labels), ns_labels, self.policies)
+        self._governing[key] = policy
+        return policy
+
+    def verdicts(self, facts: PodFacts, policy: Policy | None) -> tuple[Verdict, ...]:
+        key = (facts, id(policy))
+        try:
+            return self._verdicts[key]
+        except KeyError:
+            pass
+        result = verdicts(facts, policy)
+        self._verdicts[key] = result
+        return result
+
+
+def verdicts(facts: PodFacts, policy: Policy | None) -> tuple[Verdict, ...]:
+    """The engine's state for every container of a pod, under the pod's governing policy."""
+    result = []
+    for container in facts.containers:
+        report = evaluate_container(container, policy, facts.opted_out)
+        result.append(_VERDICTS[(report.state, report.policy is not None)])
+    verdict = tuple(result)
+    if len(_VERDICT_TUPLES) < _MAX_VERDICT_TUPLES:  # share the few common combinations
+        return _VERDICT_TUPLES.setdefault(verdict, verdict)
+    return _VERDICT_TUPLES.get(verdict, verdict)
+
+
+class PodStore:
+    """Compact records of the watched pods, with exact aggregates.
+
+    ``per_namespace_listing``: whether kopf lists pods per namespace (it was
+    started with namespaces) rather than cluster-wide. It only decides which
+    records a finished re-listing may sweep (see :meth:`observe`); the safe
+    default, True, can only leave a ghost behind, never drop a live pod.
+    """
+
+    def __init__(
+        self,
+        registry: PolicyView,
+        *,
+        per_namespace_listing: bool = True,
+        settle_seconds: float = 10.0,
+        quiet_sync: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.per_namespace_listing = per_namespace_listing
+        self.settle_seconds = settle_seconds
+        self.quiet_sync = quiet_sync
+        self._clock = clock
+        self._wall = wall_clock
+        self._lock = threading.Lock()
+        self._pods: dict[str, PodRecord] = {}
+        self._by_namespace: dict[str, dict[str, PodRecord]] = {}
+        self._labels: _Pool[Labels] = _Pool()
+        self._facts: _Pool[PodFacts] = _Pool()
+        self._agg = Aggregates()
+        # Re-evaluation queue (an ordered set of uids) and whether it covers every pod.
+        self._pending: dict[str, None] = {}
+        self._pending_full = False
+        self._last_full: float | None = None
+        self._reevaluated = 0
+        # Listing epochs: a kopf (re-)listing marks the pods it sees; a settled listing
+        # sweeps the pods of its scope that it did not see (deleted while not watching).
+        self._started = clock()
+        self._epochs: dict[Scope, int] = {}
+        self._listing: dict[Scope, float] = {}
+        self._listings_done = 0
+        self._events: Counter[str] = Counter()
+        # The start-up barrier (see begin_confirmation) and whether the store was ever synced.
+        self._touched: set[str] | None = None
+        self._confirmed = False
+        self._was_synced = False
+
+    # --- pod events ---------------------------------------------------------------------
+
+    def observe(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        labels: Mapping[str, str] | None,
+        facts: PodFacts,
+        *,
+        listing: bool = False,
+    ) -> None:
+        """A pod exists with these labels and facts. Repeating an event changes nothing.
+
+        ``listing``: the event comes from kopf's initial listing (event type None).
+        """
+        key = labels_key(labels)
+        namespace = sys.intern(namespace)
+        with self._lock:
+            if self._touched is not None:
+                self._touched.add(uid)
+            seen = self._touch_scope(namespace, listing)
+            old = self._pods.get(uid)
+            if old is not None and old.labels == key and old.facts == facts:
+                old.seen = seen  # the common case: a status-only update
+                return
+            evaluation = _Pass(self.registry)
+            policy = evaluation.governing(namespace, key)
+            record = PodRecord(
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                labels=self._labels.acquire(key),
+                facts=self._facts.acquire(facts),
+                policy=policy,
+                verdicts=verdicts(facts, policy),
+                seen=seen,
+            )
+            if old is not None:
+                self._drop(old)
+            self._insert(record)
+
+    def forget(self, uid: str, *, listing_namespace: str | None = None) -> bool:
+        """A pod is gone (deleted, or finished). True if it was known.
+
+        ``listing_namespace``: the pod came from a listing (a finished pod, listed): it
+        still tells that a listing of that namespace's scope is in progress.
+        """
+        with self._lock:
+            if self._touched is not None:
+                self._touched.add(uid)
+            if listing_namespace is not None:
+                self._touch_scope(sys.intern(listing_namespace), True)
+            record = self._pods.get(uid)
+            if record is None:
+                return False
+            self._drop(record)
+            self._pending.pop(uid, None)
+            return True
+
+    def count_event(self, kind: str) -> None:
+        """Count a watch event by kind, for ``gomemlimit_watch_events_total``."""
+        with self._lock:
+            self._events[kind] += 1
+
+    # --- listings and sweeping ------------------------------------------------------------
+
+    def _scope(self, namespace: str) -> Scope:
+        return namespace if self.per_namespace_listing else None
+
+    def _touch_scope(self, namespace: str, listing: bool) -> int:
+        scope = self._scope(namespace)
+        if listing:
+            if scope not in self._listing:
+                self._epochs[scope] = self._epochs.get(scope, 0) + 1
+            self._listing[scope] = self._clock()
+        return self._epochs.get(scope, 0)
+
+    def settle(self) -> int:
+        """Finish listings quiet for ``settle_seconds``: drop the pods they did not list.
+
+        Returns how many records were swept. A pod listed so late that it was
+        swept comes back with its listing event.
+        """
+        now = self._clock()
+        swept = 0
+        with self._lock:
+            for scope, last in list(self._listing.items()):
+                if now - last < self.settle_seconds:
+                    continue
+                del self._listing[scope]
+                self._listings_done += 1
+                epoch = self._epochs[scope]
+                candidates = (
+                    self._pods.values()
+                    if scope is None
+                    else self._by_namespace.get(scope, {}).values()
+                )
+                for record in [r for r in candidates if r.seen < epoch]:
+                    self._drop(record)
+                    self._pending.pop(record.uid, None)
+                    swept += 1
+        return swept
+
+    @property
+    def synced(self) -> bool:
+        """Whether the records cover every pod: once true, it stays true.
+
+        True once the start-up barrier confirmed that the watch delivered every pod a
+        LIST returned (:meth:`finish_confirmation`), or once a listing settled with no
+        listing in progress, or (with ``quiet_sync``) after ``3 * settle_seconds`` without
+        any listing (a cluster with no pods to list). Later re-listings after a watch
+        reconnects do not make it false again: the records are the last known state, kept
+        current by the catch-up, which beats reporting nothing for the listing's duration.
+        """
+        with self._lock:
+            return self._synced()
+
+    def _synced(self) -> bool:
+        if self._was_synced:
+            return True
+        if self._confirmed:
+            self._was_synced = True
+        elif not self._listing:
+            quiet = self.quiet_sync and self._clock() - self._started >= 3 * self.settle_seconds
+            self._was_synced = self._listings_done > 0 or quiet
+        return self._was_synced
+
+    # --- the start-up barrier -------------------------------------------------------------
+
+    def begin_confirmation(self) -> None:
+        """Start remembering which pods events mention, for :meth:`unconfirmed`.
+
+        Call it before the LIST whose pods the watch must have delivered. kopf does not say
+        when its initial listing is complete; a LIST taken after the watch started tells
+        which pods it must deliver (or report deleted). The records themselves only ever
+        come from the watch, so a LIST that is older than the watch's own listing can never
+        bring back a pod deleted in between.
+        """
+        with self._lock:
+            if self._touched is None:
+                self._touched = set()
+
+    def unconfirmed(self, uids: Iterable[str]) -> set[str]:
+        """Those of ``uids`` that no event has mentioned since :meth:`begin_confirmation`
+        and that have no record."""
+        with self._lock:
+            touched = self._touched or set()
+            return {uid for uid in uids if uid not in self._pods and uid not in touched}
+
+    def finish_confirmation(self) -> None:
+        """Every pod of the barrier's LIST was delivered: the store is synced."""
+        with self._lock:
+            self._touched = None
+            self._confirmed = True
+
+    # --- re-evaluation without pod events -------------------------------------------------
+
+    def invalidate(self, namespaces: Iterable[str] | None = None) -> int:
+        """Queue the pods of these namespaces (None: every pod) for re-evaluation."""
+        with self._lock:
+            if namespaces is None:
+                self._pending.update(dict.fromkeys(self._pods))
+                self._pending_full = True
+            else:
+                for namespace in set(namespaces):
+                    self._pending.update(dict.fromkeys(self._by_namespace.get(namespace, ())))
+            return len(self._pending)
+
+    def namespace_changed(self, name: str, old: Mapping[str, str], new: Mapping[str, str]) -> None:
+        """A :class:`~.registry.PolicyView` namespace listener: a namespace's labels changed,
+        so a ClusterGoMemPolicy's ``namespaceSelector`` may now select its pods, or not."""
+        self.invalidate([name])
+
+    def policy_changed(self, key: PolicyKey, old: Policy | None, new: Policy | None) -> None:
+        """A :class:`~.registry.PolicyView` listener: queue the pods the change can affect.
+
+        A namespaced policy can only govern pods of its namespace; a cluster policy
+        any pod. Cheap: the work happens in :meth:`reevaluate_pending`.
+        """
+        if key.namespace is None:
+            self.invalidate(None)
+        else:
+            self.invalidate([key.namespace])
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def reevaluate_pending(self, budget: int | None = None) -> int:
+        """Re-evaluate up to ``budget`` queued pods from their records; return how many remain.
+
+        Governing policies and verdicts are computed once per distinct labels and
+        facts in the batch. No API call: everything comes from the records and the
+        registry. Finishing a queue that covered every pod records the time of the
+        last full evaluation.
+        """
+        with self._lock:
+            evaluation = _Pass(self.registry)
+            count = 0
+            while self._pending and (budget is None or count < budget):
+                uid, _ = self._pending.popitem()  # O(1); deleting from the front is not
+                count += 1
+                record = self._pods.get(uid)
+                if record is None:
+                    continue
+                policy = evaluation.governing(record.namespace, record.labels)
+                if policy is record.policy:
+                    continue
+                new_verdicts = evaluation.verdicts(record.facts, policy)
+                self._account(record, -1)
+                record.policy, record.verdicts = policy, new_verdicts
+                self._account(record, +1)
+            self._reevaluated += count
+            if not self._pending and self._pending_full:
+                self._pending_full = False
+                self._last_full = self._wall()
+            return len(self._pending)
+
+    @property
+    def last_full_evaluation(self) -> float | None:
+        """Wall-clock time at which a re-evaluation of every stored pod last finished."""
+        with self._lock:
+            return self._last_full
+
+    # --- bookkeeping ----------------------------------------------------------------------
+
+    def _insert(self, record: PodRecord) -> None:
+        self._pods[record.uid] = record
+        self._by_namespace.setdefault(record.namespace, {})[record.uid] = record
+        self._account(record, +1)
+
+    def _drop(self, record: PodRecord) -> None:
+        self._account(record, -1)
+        del self._pods[record.uid]
+        in_namespace = self._by_namespace[record.namespace]
+        del in_namespace[record.uid]
+        if not in_namespace:
+            del self._by_namespace[record.namespace]
+        self._labels.release(record.labels)
+        self._facts.release(record.facts)
+
+    def _account(self, record: PodRecord, sign: int) -> None:
+        _accumulate(self._agg, record, sign)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def counts(self, policy_ref: str) -> tuple[int, int, ContainerCounts] | None:
+        """For policy status: (matched pods, governed containers, containers per state).
+
+        None until the store is synced (the first listing finished), so a status
+        writer never publishes the partial counts of a listing in progress.
+        """
+        with self._lock:
+            if not self._synced():
+                return None
+            matched = self._agg.matched_pods.get(policy_ref, 0)
+            states = dict(self._agg.governed.get(policy_ref, {}))
+        governed = sum(states.values())
+        per_state = {s.value: n for s, n in states.items() if s.value in _STATE_FIELDS}
+        return matched, governed, ContainerCounts(**per_state)
+
+    def snapshot(self, noncompliant: bool = True) -> Snapshot:
+        with self._lock:  # copy references only: event handlers wait on this lock
+            per_pod = list(self._agg.problems.values()) if noncompliant else []
+            snapshot = Snapshot(
+                containers=dict(self._agg.containers),
+                noncompliant=[],
+                pods=len(self._pods),
+                synced=self._synced(),
+                last_full_evaluation=self._last_full,
+                events=dict(self._events),
+                reevaluated_pods=self._reevaluated,
+            )
+        snapshot.noncompliant.extend(item for items in per_pod for item in items)
+        return snapshot
+
+    def aggregates(self) -> Aggregates:
+        """A copy of the incrementally kept aggregates."""
+        with self._lock:
+            return _copy(self._agg)
+
+    def recount(self) -> Aggregates:
+        """The aggregates recomputed from the records (for tests and the benchmark)."""
+        with self._lock:
+            fresh = Aggregates()
+            for record in self._pods.values():
+                _accumulate(fresh, record, +1)
+            return fresh
+
+    def records(self) -> list[PodRecord]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def get(self, uid: str) -> PodRecord | None:
+        with self._lock:
+            return self._pods.get(uid)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pods)
+
+    def interned(self) -> tuple[int, int]:
+        """(distinct label sets, distinct pod facts) held; for tests and the benchmark."""
+        with self._lock:
+            return len(self._labels), len(self._facts)
+
+
+def _accumulate(agg: Aggregates, record: PodRecord, sign: int) -> None:
+    ref = record.policy_ref
+    if ref:
+        _add(agg.matched_pods, ref, sign)
+    problem = False
+    for state, governed in record.verdicts:
+        _add(agg.containers, (record.namespace, ref if governed else "", state), sign)
+        if governed:
+            per_state = agg.governed.setdefault(ref, {})
+            _add(per_state, state, sign)
+            if not per_state:
+                del agg.governed[ref]
+        problem = problem or state in NONCOMPLIANT_STATES
+    if problem:
+        if sign > 0:
+            agg.problems[record.uid] = _noncompliant(record, ref)
+        else:
+            del agg.problems[record.uid]
+
+
+def _noncompliant(record: PodRecord, ref: str) -> tuple[NoncompliantContainer, ...]:
+    return tuple(
+        NoncompliantContainer(
+            record.namespace, record.name, container.name, ref if governed else "", state
+        )
+        for container, (state, governed) in zip(
+            record.facts.containers, record.verdicts, strict=True
+        )
+        if state in NONCOMPLIANT_STATES
+    )
+
+
+def _copy(agg: Aggregates) -> Aggregates:
+    return Aggregates(
+        containers=dict(agg.containers),
+        matched_pods=dict(agg.matched_pods),
+        governed={ref: dict(states) for ref, states in agg.governed.items()},
+        problems=dict(agg.problems),
+    )

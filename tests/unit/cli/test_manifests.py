@@ -1,0 +1,86 @@
+"""manifests.py: finding pod specs, policies and namespaces in Kubernetes YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gomemlimit_operator.cli.manifests import POD_SPEC_PATHS, ManifestError, load_manifests
+
+TESTDATA = Path(__file__).parents[1] / "testdata"
+TEMPLATE = "spec.template.spec"
+
+
+def test_finds_every_pod_spec_with_its_location() -> None:
+    found = load_manifests([str(TESTDATA / "manifests")])
+    summary = [
+        (Path(p.file).name, p.document, p.item, p.kind, p.namespace, p.name, p.prefix)
+        for p in found.pods
+    ]
+    assert summary == [
+        ("app.yaml", 1, None, "Deployment", "team", "api", "spec.template.spec"),
+        ("cronjob.yaml", 0, None, "CronJob", "jobs", "nightly", f"spec.jobTemplate.{TEMPLATE}"),
+        ("list.yaml", 0, 0, "Pod", "default", "web", "spec"),
+        ("list.yaml", 0, 1, "StatefulSet", "default", "db", "spec.template.spec"),
+        ("workloads.yml", 0, None, "DaemonSet", "default", "agent", "spec.template.spec"),
+        ("workloads.yml", 1, None, "ReplicaSet", "default", "legacy", "spec.template.spec"),
+        ("workloads.yml", 2, None, "ReplicationController", "default", "old", "spec.template.spec"),
+        ("workloads.yml", 3, None, "Job", "default", "once", "spec.template.spec"),
+        ("pod.json", 0, None, "Pod", "default", "json-pod", "spec"),
+        ("tiny.yaml", 0, None, "Pod", "default", "tiny", "spec"),
+    ]  # fmt: skip
+    assert {row[3] for row in summary} == set(POD_SPEC_PATHS)  # every workload kind
+    assert [policy.ref for policy in found.policies] == [
+        "ClusterGoMemPolicy/go-default",
+        "ClusterGoMemPolicy/prod-strict",
+        "GoMemPolicy/jobs/batch",
+    ]
+    assert found.namespaces == {"team": {"env": "prod"}}
+    assert len(found.documents) == 14
+
+
+def test_pod_metadata_comes_from_the_template() -> None:
+    found = load_manifests([str(TESTDATA / "manifests" / "nested" / "workloads.yml")])
+    legacy = found.pods[1]
+    assert legacy.labels == {"app": "legacy", "runtime": "go"}
+    assert legacy.metadata["annotations"] == {"gomemlimit.io/skip": "true"}
+    assert legacy.ref == "ReplicaSet/default/legacy"
+    assert legacy.spec["containers"][0]["name"] == "app"
+
+
+def test_the_spec_is_the_document_itself_not_a_copy() -> None:
+    found = load_manifests([str(TESTDATA / "manifests" / "cronjob.yaml")])
+    [pod] = found.pods
+    pod.spec["containers"][0]["image"] = "changed"
+    body = found.documents[0].body
+    assert body["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "changed"
+    )
+
+
+def test_empty_documents_are_skipped_but_counted(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("---\n---\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n---\n")
+    found = load_manifests([str(path)])
+    assert [d.index for d in found.documents] == [1]
+    assert found.pods[0].document == 1
+
+
+def test_attach_metadata_puts_new_metadata_first(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "kind: Job\nmetadata: {name: j}\nspec:\n  template:\n    spec: {containers: []}\n"
+    )
+    [pod] = load_manifests([str(path)]).pods
+    metadata = pod.writable_metadata()
+    assert "metadata" not in pod.holder  # nothing is added until something is written
+    metadata["annotations"] = {"a": "b"}
+    pod.attach_metadata(metadata)
+    assert list(pod.holder) == ["metadata", "spec"]
+    assert pod.metadata == {"annotations": {"a": "b"}}
+
+
+def test_missing_path_names_the_path() -> None:
+    with pytest.raises(ManifestError, match=r"^nowhere\.yaml: no such file or directory$"):
+        load_manifests(["nowhere.yaml"])

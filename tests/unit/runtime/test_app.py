@@ -1,0 +1,162 @@
+"""The operator's composition, without a cluster: handlers, readiness checks, exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kopf
+import kubernetes
+import pytest
+
+from gomemlimit_operator.core.api import WEBHOOK_ID
+from gomemlimit_operator.runtime.app import (
+    WatchOnlyDiffBaseStorage,
+    assert_pods_read_only,
+    assert_watch_only,
+    build_components,
+    default_identity,
+    main,
+)
+from gomemlimit_operator.runtime.config import parse_config
+
+
+def components(tmp_path: Path) -> Any:
+    config = parse_config(["--dev"], env={})
+    return build_components(config, kubernetes.client.Configuration(), tmp_path)
+
+
+def test_handlers_are_read_only_and_the_webhook_has_its_fixed_id(tmp_path: Path) -> None:
+    built = components(tmp_path)
+    kopf_registry = built.kopf_registry
+    (webhook,) = kopf_registry._webhooks.get_all_handlers()
+    assert webhook.id == WEBHOOK_ID
+    watched = {
+        h.selector.any_name or h.selector.plural for h in kopf_registry._watching.get_all_handlers()
+    }
+    assert {"gomempolicies", "clustergomempolicies", "namespaces", "pods"} <= watched
+    # Nothing that makes kopf write annotations, finalizers or status onto any object.
+    assert kopf_registry._changing.get_all_handlers() == []
+    assert kopf_registry._spawning.get_all_handlers() == []
+    assert set(built.readiness.checks()) == {"webhook", "policy-index", "dev-webhook-configuration"}
+    assert not built.readiness.ready
+    assert built.cert_file.is_file()
+    assert built.key_file.is_file()
+    assert built.ca_bundle is not None
+    assert built.background  # the policy loader, the status writer, the pod watcher
+
+
+WRITING_POD_HANDLERS: list[Callable[[kopf.OperatorRegistry], Any]] = [
+    lambda r: kopf.on.create("v1", "pods", registry=r),
+    lambda r: kopf.on.update("", "v1", "pods", registry=r),
+    lambda r: kopf.on.resume(kind="Pod", registry=r),
+    lambda r: kopf.on.delete("pods", registry=r),
+    lambda r: kopf.on.field("v1", "pods", field="spec", registry=r),
+    lambda r: kopf.timer("v1", "pods", interval=60, registry=r),
+    lambda r: kopf.daemon("po", registry=r),
+]
+
+
+@pytest.mark.parametrize("decorator", WRITING_POD_HANDLERS)
+def test_a_pod_handler_that_writes_is_refused(
+    decorator: Callable[[kopf.OperatorRegistry], Any],
+) -> None:
+    kopf_registry = kopf.OperatorRegistry()
+    decorator(kopf_registry)(lambda **_: None)
+    with pytest.raises(RuntimeError, match="would write onto pods"):
+        assert_pods_read_only(kopf_registry)
+
+
+def test_a_policy_handler_that_writes_is_not_our_concern_here() -> None:
+    kopf_registry = kopf.OperatorRegistry()
+
+    @kopf.on.create("gomemlimit.io", "v1alpha1", "gomempolicies", registry=kopf_registry)
+    def on_policy(**_: Any) -> None:
+        pass
+
+    assert_pods_read_only(kopf_registry)
+
+
+def test_watch_only_refuses_change_detecting_handlers_on_any_resource() -> None:
+    kopf_registry = kopf.OperatorRegistry()
+
+    @kopf.on.update("gomemlimit.io", "v1alpha1", "gomempolicies", registry=kopf_registry)
+    def on_policy(**_: Any) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="watch-only"):
+        assert_watch_only(kopf_registry)
+
+
+def test_the_operator_registry_is_watch_only() -> None:
+    kopf_registry = kopf.OperatorRegistry()
+    kopf.on.event("", "v1", "pods", registry=kopf_registry)(lambda **_: None)
+    kopf.index("", "v1", "pods", registry=kopf_registry)(lambda **_: None)
+    assert_watch_only(kopf_registry)
+
+
+def test_watch_only_diff_base_builds_no_essence_and_stores_nothing_on_pods() -> None:
+    storage = WatchOnlyDiffBaseStorage()
+    body = kopf.Body(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "app"}]},
+        }
+    )
+    assert storage.build(body=body) == {}
+    assert storage.fetch(body=body) is None  # nothing was ever written onto the pod
+
+
+def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--webhook-port", "nope", "--dev"]) == 2
+    assert "--webhook-port" in capsys.readouterr().err
+    assert main(["--help"]) == 0
+
+
+def test_leader_election_decides_who_writes_status_and_exports(tmp_path: Path) -> None:
+    config = parse_config(
+        ["--dev", "--leader-election-identity", "replica-a", "--leader-election-namespace", "x"],
+        env={},
+    )
+    built = build_components(config, kubernetes.client.Configuration(), tmp_path)
+    elector = built.elector
+    assert elector is not None
+    assert elector.identity == "replica-a"
+    assert elector.client.namespace == "x"  # type: ignore[attr-defined]
+    assert elector.client.name == "gomemlimit-operator"  # type: ignore[attr-defined]
+    assert elector.run in built.background
+    assert built.compliance is not None
+    store = built.compliance.store
+    assert not store.quiet_sync  # the start-up barrier decides
+    # A follower neither exports nor writes.
+    assert not built.is_leader()
+    assert not built.status_writer.is_leader()
+    # A leader exports at once, but writes status only once its records are synced.
+    elector._leading, elector._valid_until = True, float("inf")
+    assert built.is_leader()
+    assert not built.status_writer.is_leader()
+    store.begin_confirmation()
+    store.finish_confirmation()
+    assert built.status_writer.is_leader()
+
+
+def test_without_leader_election_the_replica_always_leads(tmp_path: Path) -> None:
+    config = parse_config(["--dev", "--no-leader-election"], env={})
+    built = build_components(config, kubernetes.client.Configuration(), tmp_path)
+    assert built.elector is None
+    assert built.is_leader()
+    assert built.compliance is not None
+    built.compliance.store.finish_confirmation()
+    assert built.status_writer.is_leader()
+
+
+def test_the_default_identity_is_the_pod_name_and_a_suffix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAME", "gomemlimit-operator-7d9f-abcde")
+    first, second = default_identity(), default_identity()
+    assert first.startswith("gomemlimit-operator-7d9f-abcde_")
+    assert first != second  # a restarted process is a new candidate

@@ -1,0 +1,181 @@
+"""OperatorConfig: flags, GOMEMLIMIT_OPERATOR_* variables, defaults and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gomemlimit_operator.runtime.config import ConfigError, OperatorConfig, parse_config
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> list[str]:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_text("cert")
+    key.write_text("key")
+    return ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+
+
+def test_defaults_with_dev() -> None:
+    config = parse_config(["--dev"], env={})
+    assert (config.webhook_port, config.metrics_port, config.health_port) == (9443, 8080, 8081)
+    assert config.bind_host == "127.0.0.1"
+    assert config.namespace == "gomemlimit-system"
+    assert config.exempt_namespaces == {"kube-system", "gomemlimit-system"}
+    assert config.clusterwide
+    assert config.dev
+    assert config.status_interval_seconds == 5.0
+    assert config.webhook_timeout_seconds == 2
+    assert config.noncompliant_info is True
+    assert config.log_level == "info"
+
+
+def test_flags_beat_environment(tls: list[str]) -> None:
+    env = {
+        "GOMEMLIMIT_OPERATOR_WEBHOOK_PORT": "10443",
+        "GOMEMLIMIT_OPERATOR_METRICS_PORT": "18080",
+        "POD_NAMESPACE": "ops",
+    }
+    config = parse_config([*tls, "--webhook-port", "11443"], env=env)
+    assert config.webhook_port == 11443
+    assert config.metrics_port == 18080
+    assert config.namespace == "ops"
+    assert "ops" in config.exempt_namespaces
+
+
+def test_own_namespace_variable_beats_pod_namespace() -> None:
+    env = {"POD_NAMESPACE": "from-downward-api", "GOMEMLIMIT_OPERATOR_NAMESPACE": "explicit"}
+    assert parse_config(["--dev"], env=env).namespace == "explicit"
+    assert parse_config(["--dev", "--namespace", "flag"], env=env).namespace == "flag"
+
+
+def test_namespace_lists_from_flags_and_environment() -> None:
+    config = parse_config(
+        ["--dev", "--exempt-namespace", "a,b", "--exempt-namespace", "c", "--watch-namespace=x"],
+        env={},
+    )
+    assert config.exempt_namespaces == {"kube-system", "gomemlimit-system", "a", "b", "c"}
+    assert config.watch_namespaces == ("x",)
+    assert not config.clusterwide
+    assert config.exempt("y")  # not watched
+    assert not config.exempt("x")
+    env = {
+        "GOMEMLIMIT_OPERATOR_WATCH_NAMESPACES": "p, q",
+        "GOMEMLIMIT_OPERATOR_EXEMPT_NAMESPACES": "r",
+    }
+    config = parse_config(["--dev"], env=env)
+    assert config.watch_namespaces == ("p", "q")
+    assert "r" in config.exempt_namespaces
+
+
+def test_noncompliant_info_switch() -> None:
+    assert parse_config(["--dev", "--no-noncompliant-info"], env={}).noncompliant_info is False
+    env = {"GOMEMLIMIT_OPERATOR_NONCOMPLIANT_INFO": "false"}
+    assert parse_config(["--dev"], env=env).noncompliant_info is False
+    assert parse_config(["--dev", "--noncompliant-info"], env=env).noncompliant_info is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "names"),
+    [
+        (["--webhook-port", "0"], {}, "--webhook-port"),
+        (["--webhook-port", "http"], {}, "--webhook-port"),
+        ([], {"GOMEMLIMIT_OPERATOR_HEALTH_PORT": "70000"}, "GOMEMLIMIT_OPERATOR_HEALTH_PORT"),
+        (["--metrics-port", "9443"], {}, "--metrics-port and --webhook-port"),
+        (["--status-interval", "0"], {}, "--status-interval"),
+        (["--status-interval", "nan"], {}, "--status-interval"),
+        (["--webhook-timeout", "31"], {}, "--webhook-timeout"),
+        (["--log-level", "chatty"], {}, "--log-level"),
+        (["--watch-namespace", "Bad_Name"], {}, "--watch-namespace"),
+        ([], {"GOMEMLIMIT_OPERATOR_DEV": "maybe"}, "GOMEMLIMIT_OPERATOR_DEV"),
+        ([], {"POD_NAMESPACE": "UPPER"}, "POD_NAMESPACE"),
+        (["--no-such-flag"], {}, "--no-such-flag"),
+    ],
+)
+def test_bad_values_name_their_source(argv: list[str], env: dict[str, str], names: str) -> None:
+    dev = [] if "GOMEMLIMIT_OPERATOR_DEV" in env else ["--dev"]
+    with pytest.raises(ConfigError, match=names):
+        parse_config([*dev, *argv], env=env)
+
+
+def test_certificate_rules(tls: list[str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a certificate"):
+        parse_config([], env={})
+    with pytest.raises(ConfigError, match="go together"):
+        parse_config(tls[:2], env={})
+    with pytest.raises(ConfigError, match="--dev generates"):
+        parse_config(["--dev", *tls], env={})
+    with pytest.raises(ConfigError, match="not a readable file"):
+        parse_config(["--tls-cert-file", str(tmp_path / "nope"), *tls[2:]], env={})
+    config = parse_config(tls, env={})
+    assert config.tls_cert_file == Path(tls[1])
+    assert not config.dev
+
+
+def test_kubeconfig_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--kubeconfig"):
+        parse_config(["--dev", "--kubeconfig", str(tmp_path / "missing")], env={})
+
+
+def test_config_is_frozen() -> None:
+    config = OperatorConfig()
+    with pytest.raises(AttributeError):
+        config.webhook_port = 1  # type: ignore[misc]
+
+
+def test_leader_election_defaults(tls: list[str]) -> None:
+    dev = parse_config(["--dev"], env={})
+    assert dev.leader_election
+    assert dev.leader_election_namespace == "default"  # every cluster has it
+    assert dev.leader_election_identity is None  # chosen at start
+    assert dev.leader_election_lease_duration == 15
+    installed = parse_config(tls, env={"POD_NAMESPACE": "ops"})
+    assert installed.leader_election_namespace == "ops"  # the operator's own namespace
+
+
+def test_leader_election_flags_and_environment() -> None:
+    config = parse_config(
+        [
+            "--dev",
+            "--no-leader-election",
+            "--leader-election-namespace",
+            "locks",
+            "--leader-election-identity",
+            "replica-a",
+            "--leader-election-lease-duration",
+            "4",
+        ],
+        env={},
+    )
+    assert not config.leader_election
+    assert config.leader_election_namespace == "locks"
+    assert config.leader_election_identity == "replica-a"
+    assert config.leader_election_lease_duration == 4
+    env = {
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION": "false",
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION_NAMESPACE": "env-locks",
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION_IDENTITY": "pod-1",
+        "GOMEMLIMIT_OPERATOR_LEADER_ELECTION_LEASE_DURATION": "30",
+    }
+    config = parse_config(["--dev"], env=env)
+    assert not config.leader_election
+    assert config.leader_election_namespace == "env-locks"
+    assert config.leader_election_identity == "pod-1"
+    assert config.leader_election_lease_duration == 30
+    assert parse_config(["--dev", "--leader-election"], env=env).leader_election
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--leader-election-lease-duration", "1"], "--leader-election-lease-duration"),
+        (["--leader-election-lease-duration", "2.5"], "--leader-election-lease-duration"),
+        (["--leader-election-namespace", "No"], "--leader-election-namespace"),
+        (["--leader-election-identity", "a b"], "--leader-election-identity"),
+        (["--leader-election-identity", "x" * 129], "--leader-election-identity"),
+    ],
+)
+def test_bad_leader_election_values(argv: list[str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        parse_config(["--dev", *argv], env={})

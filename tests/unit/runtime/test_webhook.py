@@ -1,0 +1,253 @@
+"""The pod webhook without a cluster: admit(), and the kopf handler's JSONPatch."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from typing import Any
+
+import kopf
+import pytest
+from prometheus_client import CollectorRegistry
+from unit_helpers import container, env_value, policy
+
+from gomemlimit_operator.core.engine import ANNOTATION_INJECTED, ANNOTATION_POLICY
+from gomemlimit_operator.core.policy_view import PolicyView
+from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
+from gomemlimit_operator.runtime.dev import PROBE_ANNOTATION, DevProbe
+from gomemlimit_operator.runtime.webhook import PodWebhook, admit
+
+
+def pod(
+    *containers: dict[str, Any],
+    namespace: str = "team",
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"generateName": "app-", "namespace": namespace}
+    if labels is not None:
+        metadata["labels"] = labels
+    if annotations is not None:
+        metadata["annotations"] = annotations
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {"containers": list(containers) or [container()]},
+    }
+
+
+@pytest.fixture
+def registry() -> PolicyView:
+    registry = PolicyView()
+    registry.set_policy(policy("go", containers=["app"]))
+    return registry
+
+
+def test_injects_into_a_copy(registry: PolicyView) -> None:
+    original = pod(container("app", env=[env_value("A", "1")]), container("sidecar"))
+    request = copy.deepcopy(original)
+    admission = admit(request, registry=registry)
+    assert request == original  # untouched
+    assert admission.result == "mutated"
+    assert admission.policy == "ClusterGoMemPolicy/go"
+    assert admission.spec is not None
+    assert admission.metadata is not None
+    assert admission.spec["containers"][0]["env"] == [
+        env_value("A", "1"),
+        env_value("GOMEMLIMIT", "460MiB"),
+    ]
+    assert "env" not in admission.spec["containers"][1]
+    assert json.loads(admission.metadata["annotations"][ANNOTATION_INJECTED]) == {
+        "app": {"GOMEMLIMIT": "460MiB"}
+    }
+    assert admission.injected == {"app": {"GOMEMLIMIT": "460MiB"}}
+
+
+@pytest.mark.parametrize(
+    ("request_pod", "reason"),
+    [
+        (pod(namespace="kube-system"), "exempt"),
+        (pod(annotations={"gomemlimit.io/skip": "TRUE"}), "skip"),
+        (pod(annotations={"kubernetes.io/config.mirror": "x"}), "mirror"),
+        ({"metadata": {}, "spec": {"containers": [container()]}}, "no namespace"),
+    ],
+)
+def test_skips(registry: PolicyView, request_pod: dict[str, Any], reason: str) -> None:
+    admission = admit(request_pod, registry=registry, exempt=lambda ns: ns == "kube-system")
+    assert admission.result == "skipped"
+    assert reason in admission.reason
+    assert admission.spec is None
+
+
+def test_no_policy_and_audit_mode_skip() -> None:
+    registry = PolicyView()
+    assert admit(pod(), registry=registry).result == "skipped"
+    registry.set_policy(policy("audit", mode="audit"))
+    admission = admit(pod(), registry=registry)
+    assert (admission.result, admission.policy) == ("skipped", "ClusterGoMemPolicy/audit")
+    assert "audit" in admission.reason
+
+
+def test_unchanged_when_already_injected(registry: PolicyView) -> None:
+    first = admit(pod(), registry=registry)
+    assert first.metadata is not None
+    assert first.spec is not None
+    again = admit({"metadata": first.metadata, "spec": first.spec}, registry=registry)
+    assert again.result == "unchanged"
+
+
+def test_respects_a_user_value_and_warns_when_go_would_crash(registry: PolicyView) -> None:
+    admission = admit(
+        pod(container("app", env=[env_value("GOMEMLIMIT", "400Mi")])), registry=registry
+    )
+    assert admission.result == "unchanged"
+    assert len(admission.warnings) == 1
+    assert "container app" in admission.warnings[0]
+    assert "400Mi" in admission.warnings[0]
+
+
+def test_warns_about_a_governed_container_without_limit(registry: PolicyView) -> None:
+    admission = admit(pod(container("app", limit=None)), registry=registry)
+    assert admission.result == "unchanged"
+    assert any("no memory limit" in w for w in admission.warnings)
+
+
+# --- the kopf handler ------------------------------------------------------------------------
+
+
+def handle(
+    webhook: PodWebhook, request_pod: dict[str, Any], dryrun: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    body = kopf.Body(request_pod)
+    patch = kopf.Patch(body=body)
+    warnings: list[str] = []
+    asyncio.run(webhook(body=body, patch=patch, dryrun=dryrun, warnings=warnings))
+    return list(patch.as_json_patch()), warnings
+
+
+def make_webhook(registry: PolicyView, **kwargs: Any) -> tuple[PodWebhook, AdmissionMetrics]:
+    metrics = AdmissionMetrics(CollectorRegistry())
+    return PodWebhook(
+        registry, exempt=lambda ns: ns == "kube-system", metrics=metrics, **kwargs
+    ), metrics
+
+
+def count(metrics: AdmissionMetrics, result: str) -> float:
+    return metrics.requests.labels(result=result)._value.get()
+
+
+def test_handler_returns_only_add_operations(registry: PolicyView) -> None:
+    webhook, metrics = make_webhook(registry)
+    request_pod = pod(
+        container("app", env=[env_value("A", "1")]),
+        container("sidecar", env=[env_value("B", "2")]),
+        annotations={"team": "x"},
+    )
+    ops, warnings = handle(webhook, request_pod)
+    assert warnings == []
+    assert {op["op"] for op in ops} == {"add"}
+    paths = sorted(op["path"] for op in ops)
+    assert paths == [
+        "/metadata/annotations/gomemlimit.io~1injected",
+        "/metadata/annotations/gomemlimit.io~1policy",
+        "/spec/containers/0/env/1",
+    ]
+    env_op = next(op for op in ops if op["path"].startswith("/spec"))
+    assert env_op["value"] == env_value("GOMEMLIMIT", "460MiB")
+    policy_op = next(op for op in ops if op["path"].endswith("policy"))
+    assert policy_op["value"] == "ClusterGoMemPolicy/go"
+    assert count(metrics, "mutated") == 1
+    assert metrics.duration._sum.get() > 0
+
+
+def test_handler_adds_whole_env_and_annotations_when_absent(registry: PolicyView) -> None:
+    webhook, _ = make_webhook(registry)
+    ops, _ = handle(webhook, pod(container("app")))
+    assert sorted(op["path"] for op in ops) == ["/metadata/annotations", "/spec/containers/0/env"]
+    annotations = next(op for op in ops if op["path"] == "/metadata/annotations")["value"]
+    assert annotations[ANNOTATION_POLICY] == "ClusterGoMemPolicy/go"
+
+
+def test_dry_run_gets_the_same_patch(registry: PolicyView) -> None:
+    webhook, metrics = make_webhook(registry)
+    real, _ = handle(webhook, pod())
+    dry, _ = handle(webhook, pod(), dryrun=True)
+    assert dry == real
+    assert count(metrics, "mutated") == 2
+
+
+def test_handler_counts_skips_and_unchanged(registry: PolicyView) -> None:
+    webhook, metrics = make_webhook(registry)
+    ops, _ = handle(webhook, pod(namespace="kube-system"))
+    assert ops == []
+    ops, _ = handle(webhook, pod(container("other")))
+    assert ops == []
+    assert count(metrics, "skipped") == 1
+    assert count(metrics, "unchanged") == 1
+
+
+class BrokenRegistry(PolicyView):
+    def governing(self, namespace: str, pod_labels: Any) -> Any:
+        raise RuntimeError("bug")
+
+
+def test_our_bug_allows_the_pod_unmutated(caplog: pytest.LogCaptureFixture) -> None:
+    webhook, metrics = make_webhook(BrokenRegistry())
+    ops, warnings = handle(webhook, pod())
+    assert ops == []
+    assert warnings == []
+    assert count(metrics, "error") == 1
+    assert "allowing it unmutated" in caplog.text
+
+
+def test_namespace_lookup_failure_is_not_fatal(registry: PolicyView) -> None:
+    async def ensure(namespace: str) -> None:
+        raise TimeoutError
+
+    webhook, metrics = make_webhook(registry, ensure_namespace=ensure)
+    ops, _ = handle(webhook, pod())
+    assert ops
+    assert count(metrics, "mutated") == 1
+
+
+def test_namespace_lookup_happens_before_the_decision() -> None:
+    registry = PolicyView()
+    registry.set_policy(policy("labelled", namespaceSelector={"matchLabels": {"team": "a"}}))
+
+    async def ensure(namespace: str) -> None:
+        registry.set_namespace(namespace, {"team": "a"})
+
+    webhook, _ = make_webhook(registry, ensure_namespace=ensure)
+    ops, _ = handle(webhook, pod())
+    assert ops
+
+
+def test_dev_probe_is_answered_without_patch_or_count(registry: PolicyView) -> None:
+    probe = DevProbe("n1")
+    webhook, metrics = make_webhook(registry, probe=probe)
+    request_pod = pod(annotations={PROBE_ANNOTATION: "n1"})
+    ops, _ = handle(webhook, request_pod, dryrun=True)
+    assert ops == []
+    assert probe.confirmed
+    assert sum(count(metrics, r) for r in ("mutated", "unchanged", "skipped", "error")) == 0
+    # Not a dry run: an ordinary pod, mutated as usual.
+    ops, _ = handle(webhook, request_pod, dryrun=False)
+    assert ops
+
+
+def test_registered_handler_is_a_coroutine_function(registry: PolicyView) -> None:
+    """kopf runs non-coroutine callables in threads; an async __call__ would never run."""
+    import inspect
+
+    from gomemlimit_operator.core.api import WEBHOOK_ID
+    from gomemlimit_operator.runtime.webhook import register
+
+    kopf_registry = kopf.OperatorRegistry()
+    webhook, _ = make_webhook(registry)
+    register(kopf_registry, webhook)
+    (handler,) = kopf_registry._webhooks.get_all_handlers()
+    assert handler.id == WEBHOOK_ID
+    assert list(handler.operations) == ["CREATE"]
+    assert inspect.iscoroutinefunction(handler.fn)
