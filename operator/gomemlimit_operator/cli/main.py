@@ -283,8 +283,7 @@ def _mutate(options: argparse.Namespace) -> int:
     inputs = _inputs(options)
     for pod in inputs.manifests.pods:
         policy = inputs.governing(pod)
-        _evaluate(pod, policy)  # reads every field first: bad input fails before any change
-        metadata = pod.writable_metadata()
+        metadata = pod.writable_metadata()  # mutate_pod reads every field before it writes
         try:
             result = mutate_pod(metadata, pod.spec, policy, pod.prefix)
         except SpecError as exc:

@@ -29,7 +29,7 @@ from gomemlimit_operator.core.api import (
     parse_policy,
 )
 from gomemlimit_operator.core.goruntime import GOGC, GOMEMLIMIT
-from gomemlimit_operator.core.quantity import QuantityError, parse_bytes
+from gomemlimit_operator.core.quantity import QuantityError, QuantityTooLarge, parse_bytes
 
 __all__ = [
     "MANIFEST_SUFFIXES",
@@ -411,6 +411,8 @@ def _check_quantity(resources: Mapping[str, Any], where: str, path: str) -> None
             continue
         try:
             parse_bytes(amounts["memory"])
+        except QuantityTooLarge:
+            pass  # valid: the API server stores it, and the engine reports it unsatisfiable
         except QuantityError as exc:
             raise ManifestError(f"{where}: {path}.{group}.memory: {exc}") from None
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Final
@@ -71,6 +71,7 @@ __all__ = [
     "SpecError",
     "State",
     "check_bounds",
+    "container_state",
     "evaluate_container",
     "evaluate_facts",
     "evaluate_pod",
@@ -241,24 +242,6 @@ def governing_policy(
         if candidates:
             return min(candidates, key=lambda p: (-p.spec.priority, p.name))
     return None
-
-
-@dataclass(frozen=True)
-class ContainerReport:
-    """The audit of one container: what it has, what it should have, and its state."""
-
-    container: str
-    init: bool
-    memory_limit_bytes: int | None
-    gomemlimit: str | None
-    """The GOMEMLIMIT Go will read: as written, or as resolved from valueFrom when knowable."""
-    source: str | None
-    """``value``, or the valueFrom kind (``resourceFieldRef``, ``configMapKeyRef``, ...)."""
-    injected: bool
-    expected: str | None
-    state: State
-    policy: str | None
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,10 +492,67 @@ def governs(policy: Policy | None, name: str, init: bool) -> bool:
     return policy.globs.matches(name)
 
 
+@dataclass(frozen=True)
+class ContainerReport:
+    """The audit of one container: its facts, what it should have, and its state."""
+
+    facts: ContainerFacts
+    expected: str | None
+    state: State
+    policy: str | None
+    """The governing policy's reference, or None when no policy governs the container."""
+    reason: str
+
+    @property
+    def container(self) -> str:
+        return self.facts.name
+
+    @property
+    def init(self) -> bool:
+        return self.facts.init
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        return self.facts.memory_limit_bytes
+
+    @property
+    def gomemlimit(self) -> str | None:
+        """The GOMEMLIMIT Go will read: as written, or resolved from valueFrom when knowable."""
+        return self.facts.gomemlimit
+
+    @property
+    def source(self) -> str | None:
+        """``value``, or the valueFrom kind (``resourceFieldRef``, ``configMapKeyRef``, ...)."""
+        return self.facts.source
+
+    @property
+    def injected(self) -> bool:
+        return self.facts.injected
+
+
 def evaluate_container(
     facts: ContainerFacts, pod_policy: Policy | None, opted_out: bool
 ) -> ContainerReport:
     """The state of one container under the policy that governs its pod (or None)."""
+    policy, expectation, state, reason = _judge(facts, pod_policy, opted_out)
+    return ContainerReport(
+        facts, expectation.value, state, None if policy is None else policy.ref, reason()
+    )
+
+
+def container_state(
+    facts: ContainerFacts, pod_policy: Policy | None, opted_out: bool
+) -> tuple[State, bool]:
+    """(state, whether a policy governs the container): :func:`evaluate_container` without
+    formatting a reason, for the pod watcher's records."""
+    policy, _, state, _ = _judge(facts, pod_policy, opted_out)
+    return state, policy is not None
+
+
+def _judge(
+    facts: ContainerFacts, pod_policy: Policy | None, opted_out: bool
+) -> tuple[Policy | None, Expectation, State, Callable[[], str]]:
+    """The one decision behind every state; the reason is formatted only when asked for."""
     policy = pod_policy if governs(pod_policy, facts.name, facts.init) else None
     limit = facts.memory_limit_bytes
     value, source, ours = facts.gomemlimit, facts.source, facts.injected
@@ -521,61 +561,62 @@ def evaluate_container(
         expectation = gomemlimit_for(limit, policy.spec)
     expected = expectation.value
 
-    def report(state: State, reason: str) -> ContainerReport:
-        return ContainerReport(
-            container=facts.name,
-            init=facts.init,
-            memory_limit_bytes=limit,
-            gomemlimit=value,
-            source=source,
-            injected=ours,
-            expected=expected,
-            state=state,
-            policy=None if policy is None else policy.ref,
-            reason=reason,
-        )
+    def verdict(
+        state: State, reason: Callable[[], str]
+    ) -> tuple[Policy | None, Expectation, State, Callable[[], str]]:
+        return policy, expectation, state, reason
 
     if value is not None and not is_no_limit(value):
         count = parse_byte_count(value)
         if count is None:
-            return report(
+            return verdict(
                 State.INVALID,
-                f"Go rejects GOMEMLIMIT={value!r} and exits at start "
-                "(use bytes or B, KiB, MiB, GiB, TiB, e.g. 460MiB)",
+                lambda: (
+                    f"Go rejects GOMEMLIMIT={value!r} and exits at start "
+                    "(use bytes or B, KiB, MiB, GiB, TiB, e.g. 460MiB)"
+                ),
             )
         if limit is not None and count >= limit:
-            return report(
+            return verdict(
                 State.EXCEEDS_LIMIT,
-                f"GOMEMLIMIT={value} is not below the memory limit of {_bytes(limit)}: "
-                "the kernel OOM-kills before the GC reacts",
+                lambda: (
+                    f"GOMEMLIMIT={value} is not below the memory limit of "
+                    f"{_bytes(limit)}: the kernel OOM-kills before the GC reacts"
+                ),
             )
     if policy is None:
-        return report(State.UNMANAGED, "no policy governs this container")
+        return verdict(State.UNMANAGED, lambda: "no policy governs this container")
     if opted_out:
-        return report(State.OPTED_OUT, f"the pod has {ANNOTATION_SKIP}=true")
+        return verdict(State.OPTED_OUT, lambda: f"the pod has {ANNOTATION_SKIP}=true")
     if limit is None:
-        return report(State.NO_MEMORY_LIMIT, "no memory limit on the container or the pod")
+        return verdict(State.NO_MEMORY_LIMIT, lambda: "no memory limit on the container or the pod")
     if source is None or (value is not None and is_no_limit(value)):
         if expected is None:
-            return report(State.UNSATISFIABLE, f"no GOMEMLIMIT can be set: {expectation.problem}")
+            return verdict(
+                State.UNSATISFIABLE, lambda: f"no GOMEMLIMIT can be set: {expectation.problem}"
+            )
         how = "is not set" if source is None else f"is {value!r}, which means no limit"
-        return report(State.MISSING, f"GOMEMLIMIT {how}; expected {expected}")
+        return verdict(State.MISSING, lambda: f"GOMEMLIMIT {how}; expected {expected}")
     if value is None:
-        return report(State.UNVERIFIABLE, f"GOMEMLIMIT comes from {source}")
+        return verdict(State.UNVERIFIABLE, lambda: f"GOMEMLIMIT comes from {source}")
     if expected is None:  # a valid value below the limit, which the policy could not give
-        return report(
+        return verdict(
             State.COMPLIANT,
-            f"GOMEMLIMIT is valid and below the limit (the policy yields no value here: "
-            f"{expectation.problem})",
+            lambda: (
+                "GOMEMLIMIT is valid and below the limit (the policy yields no value "
+                f"here: {expectation.problem})"
+            ),
         )
     if (ours or policy.spec.on_existing is OnExisting.OVERRIDE) and value != expected:
         whose = "injected" if ours else "set"
-        return report(
+        return verdict(
             State.STALE,
-            f"GOMEMLIMIT={value} was {whose} before the current limit or policy; "
-            f"expected {expected} (a rollout restart applies it)",
+            lambda: (
+                f"GOMEMLIMIT={value} was {whose} before the current limit or policy; "
+                f"expected {expected} (a rollout restart applies it)"
+            ),
         )
-    return report(State.COMPLIANT, "GOMEMLIMIT is valid and below the limit")
+    return verdict(State.COMPLIANT, lambda: "GOMEMLIMIT is valid and below the limit")
 
 
 @dataclass
@@ -626,10 +667,11 @@ def mutate_pod(
     record: dict[str, dict[str, str]] = {}
     changed = False
     pod = _Pod.of(spec, prefix, bounds)
-    for slot in pod.slots:
-        if not governs(policy, slot.name, slot.init):
-            continue
-        limit = _limit(slot, pod)
+    # Every quantity is read before anything is written: a SpecError leaves the pod as it was.
+    limits = [
+        (slot, _limit(slot, pod)) for slot in pod.slots if governs(policy, slot.name, slot.init)
+    ]
+    for slot, limit in limits:
         gomemlimit = None if limit is None else gomemlimit_for(limit, policy.spec).value
         if gomemlimit is None:
             continue

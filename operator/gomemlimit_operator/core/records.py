@@ -41,7 +41,7 @@ from gomemlimit_operator.core.engine import (
     NONCOMPLIANT_STATES,
     PodFacts,
     State,
-    evaluate_container,
+    container_state,
     governing_policy,
 )
 from gomemlimit_operator.core.policy_view import PolicyKey, PolicyView
@@ -224,8 +224,7 @@ def verdicts(facts: PodFacts, policy: Policy | None) -> tuple[Verdict, ...]:
     """The engine's state for every container of a pod, under the pod's governing policy."""
     result = []
     for container in facts.containers:
-        report = evaluate_container(container, policy, facts.opted_out)
-        result.append(_VERDICTS[(report.state, report.policy is not None)])
+        result.append(_VERDICTS[container_state(container, policy, facts.opted_out)])
     verdict = tuple(result)
     if len(_VERDICT_TUPLES) < _MAX_VERDICT_TUPLES:  # share the few common combinations
         return _VERDICT_TUPLES.setdefault(verdict, verdict)

@@ -612,3 +612,13 @@ def test_mutate_uses_the_pod_level_limit() -> None:
     spec = {"resources": {"limits": {"memory": "2Gi"}}, "containers": [container(limit=None)]}
     mutate_pod(metadata, spec, DEFAULT_POLICY)
     assert env_of(spec) == [env_value("GOMEMLIMIT", "1843MiB")]
+
+
+def test_a_bad_quantity_anywhere_leaves_the_pod_as_it_was() -> None:
+    """mutate_pod reads every limit before it writes: nothing is half-applied."""
+    spec: dict[str, Any] = {"containers": [container("good"), container("bad", limit="lots")]}
+    metadata: dict[str, Any] = {}
+    before = copy.deepcopy((metadata, spec))
+    with pytest.raises(SpecError, match=r"spec\.containers\[1\]\.resources\.limits\.memory"):
+        mutate_pod(metadata, spec, DEFAULT_POLICY)
+    assert (metadata, spec) == before
