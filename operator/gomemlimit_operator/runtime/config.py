@@ -1,20 +1,32 @@
 """The operator's settings, read from flags and ``GOMEMLIMIT_OPERATOR_*`` environment variables.
 
+Each setting is declared once, as a field of :class:`OperatorConfig`: its default, its help,
+its value parser and, where it differs from the field name, its flag. The argparse parser, the
+environment variable names and the defaults shown in ``--help`` are all generated from these
+fields. A variable is ``GOMEMLIMIT_OPERATOR_`` plus the flag in upper case with underscores, and
+a trailing ``S`` for the repeatable namespace lists (``…_WATCH_NAMESPACES``).
+
 A flag beats its environment variable, which beats the default. Every bad value is reported
 with the flag or variable it came from, and ``parse_config`` raises :class:`ConfigError`
-(``operator_main`` turns it into exit status 2, like argparse does).
+(``runtime.app`` turns it into exit status 2, like argparse does).
+
+Why not pydantic-settings: it merges flags and variables before it validates, so its errors
+name the field (``webhook_port``), not the flag or variable the value came from, and read as
+pydantic's multi-line reports. Its help shows type names as metavars (``int``, ``list[str]``),
+and it parses list variables as JSON (``a,b`` fails). The documented behaviour needs all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 __all__ = [
     "DEFAULT_DEV_WEBHOOK_NAME",
@@ -47,61 +59,6 @@ class ConfigError(ValueError):
     """A flag or environment variable with a bad value. The message names it."""
 
 
-@dataclass(frozen=True)
-class OperatorConfig:
-    """Everything the operator process needs to know at start. Immutable."""
-
-    webhook_port: int = 9443
-    metrics_port: int = 8080
-    health_port: int = 8081
-    bind_host: str = "127.0.0.1"
-    """Address all three servers listen on. In a pod set it to 0.0.0.0 (the chart does)."""
-    namespace: str = DEFAULT_NAMESPACE
-    """The operator's own namespace (POD_NAMESPACE); always exempt from injection."""
-    exempt_namespaces: frozenset[str] = frozenset({*ALWAYS_EXEMPT, DEFAULT_NAMESPACE})
-    """Namespaces the webhook never mutates: kube-system, ``namespace`` and the flag's."""
-    watch_namespaces: tuple[str, ...] = ()
-    """Namespaces whose GoMemPolicies and pods are handled. Empty means cluster-wide."""
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    dev: bool = False
-    """Generate a certificate and register a URL webhook configuration for a local cluster."""
-    dev_webhook_name: str = DEFAULT_DEV_WEBHOOK_NAME
-    webhook_timeout_seconds: int = 2
-    """timeoutSeconds of the webhook configuration that --dev registers (1 to 30)."""
-    log_level: str = "info"
-    noncompliant_info: bool = True
-    """Export a per-container info series for each noncompliant container (metrics)."""
-    status_interval_seconds: float = 5.0
-    """Least time between two status writes of one policy."""
-    kubeconfig: Path | None = None
-    """Explicit kubeconfig; otherwise in-cluster credentials, then $KUBECONFIG/~/.kube/config."""
-    leader_election: bool = True
-    """Elect one replica (a Lease) to write policy status and export the pod series."""
-    leader_election_namespace: str = DEFAULT_NAMESPACE
-    """Namespace of the Lease: --namespace, or ``default`` with --dev."""
-    leader_election_identity: str | None = None
-    """This replica's holderIdentity; None: $POD_NAME (else the host name) and a random suffix."""
-    leader_election_lease_duration: int = DEFAULT_LEASE_DURATION
-    """Seconds a follower waits for a silent leader's lease to expire (the failover time)."""
-
-    @property
-    def clusterwide(self) -> bool:
-        return not self.watch_namespaces
-
-    @property
-    def logging_level(self) -> int:
-        return int(getattr(logging, self.log_level.upper()))
-
-    def watches(self, namespace: str) -> bool:
-        """Whether pods and GoMemPolicies in this namespace are handled at all."""
-        return self.clusterwide or namespace in self.watch_namespaces
-
-    def exempt(self, namespace: str) -> bool:
-        """Whether the webhook must leave pods in this namespace alone."""
-        return namespace in self.exempt_namespaces or not self.watches(namespace)
-
-
 # ---------------------------------------------------------------------------------------------
 # Value parsers: each raises ValueError with a short problem; the caller adds the source.
 # ---------------------------------------------------------------------------------------------
@@ -124,10 +81,6 @@ def _whole_number(low: int, high: int, what: str, bounds: str) -> Callable[[str]
 
 
 _port = _whole_number(1, 65535, "a port number", "not a port from 1 to 65535")
-_timeout = _whole_number(
-    1, 30, "a whole number of seconds", "outside 1..30 (the API server's limits)"
-)
-_lease_duration = _whole_number(2, 300, "a whole number of seconds", "outside 2..300 seconds")
 
 
 def _bool(text: str) -> bool:
@@ -153,10 +106,6 @@ def _namespace_name(text: str) -> str:
     if not _DNS_LABEL.match(text):
         raise ValueError(f"{text!r} is not a namespace name (a lowercase RFC 1123 label)")
     return text
-
-
-def _namespace_list(text: str) -> list[str]:
-    return [_namespace_name(part.strip()) for part in text.split(",") if part.strip()]
 
 
 def _log_level(text: str) -> str:
@@ -185,8 +134,210 @@ def _host(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Flags
+# The declaration of one setting
 # ---------------------------------------------------------------------------------------------
+
+_SETTING: Final = "gomemlimit_operator.setting"
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """How one field of OperatorConfig is read. ``help`` may show the default as ``{default}``."""
+
+    help: str
+    parse: Callable[[str], object]
+    flag: str | None = None
+    """Default: ``--`` and the field name with dashes."""
+    metavar: str | None = None
+    action: str | type[argparse.Action] | None = None
+    """``append`` makes a repeatable comma list, read from the plural variable."""
+    env: bool = True
+    """False: no variable of ours (``--kubeconfig``: the client reads $KUBECONFIG)."""
+    fallback_env: str | None = None
+    """A variable read after ours, before the default (``POD_NAMESPACE``)."""
+
+
+def _setting(
+    default: T,
+    help: str,
+    parse: Callable[[str], object],
+    **how: Any,
+) -> T:
+    """A dataclass field with its default and the :class:`_Setting` that reads it.
+
+    It returns a ``dataclasses.Field``, evaluated once: RUF009 below is a false positive that
+    ruff reports for the fields whose type it does not know to be immutable (``Path | None``).
+    """
+    spec = _Setting(help=help, parse=parse, **how)
+    return dataclasses.field(default=default, metadata={_SETTING: spec})
+
+
+def _shown(value: object) -> str:
+    """A default as the help shows it: on/off, 5 rather than 5.0."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+_NAMESPACES: Final = "NAMESPACE[,NAMESPACE...]"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the operator process needs to know at start. Immutable."""
+
+    webhook_port: int = _setting(
+        9443, "HTTPS port of the admission webhook (default {default})", _port
+    )
+    metrics_port: int = _setting(8080, "HTTP port of /metrics (default {default})", _port)
+    health_port: int = _setting(
+        8081, "HTTP port of /healthz and /readyz (default {default})", _port
+    )
+    bind_host: str = _setting(
+        "127.0.0.1",
+        "address the three servers listen on (default {default}; use 0.0.0.0 in a pod)",
+        _host,
+    )
+    namespace: str = _setting(
+        DEFAULT_NAMESPACE,
+        "the operator's own namespace (default $POD_NAMESPACE, else {default})",
+        _namespace_name,
+        fallback_env="POD_NAMESPACE",
+    )
+    exempt_namespaces: frozenset[str] = _setting(
+        frozenset({*ALWAYS_EXEMPT, DEFAULT_NAMESPACE}),
+        "never mutate pods here (repeatable); kube-system and --namespace always are",
+        _namespace_name,
+        flag="--exempt-namespace",
+        metavar=_NAMESPACES,
+        action="append",
+    )
+    """Namespaces the webhook never mutates: kube-system, ``namespace`` and the flag's."""
+    watch_namespaces: tuple[str, ...] = _setting(
+        (),
+        "handle only these namespaces (repeatable; default: the whole cluster)",
+        _namespace_name,
+        flag="--watch-namespace",
+        metavar=_NAMESPACES,
+        action="append",
+    )
+    """Namespaces whose GoMemPolicies and pods are handled. Empty means cluster-wide."""
+    tls_cert_file: Path | None = _setting(  # noqa: RUF009
+        None, "PEM serving certificate of the webhook (reloaded on change)", Path
+    )
+    tls_key_file: Path | None = _setting(  # noqa: RUF009
+        None, "PEM private key of the webhook certificate", Path
+    )
+    dev: bool = _setting(
+        False,
+        "local development: generate a self-signed certificate and register a URL webhook "
+        "configuration pointing at this process; removed on exit",
+        _bool,
+        action="store_true",
+    )
+    dev_webhook_name: str = _setting(
+        DEFAULT_DEV_WEBHOOK_NAME, "name of that configuration (default {default})", _object_name
+    )
+    webhook_timeout_seconds: int = _setting(
+        2,
+        "timeoutSeconds of the --dev webhook configuration, 1..30 (default {default})",
+        _whole_number(
+            1, 30, "a whole number of seconds", "outside 1..30 (the API server's limits)"
+        ),
+        flag="--webhook-timeout",
+        metavar="SECONDS",
+    )
+    log_level: str = _setting(
+        "info", f"one of {', '.join(LOG_LEVELS)} (default {{default}})", _log_level
+    )
+    noncompliant_info: bool = _setting(
+        True,
+        "export one info series per noncompliant container (default {default})",
+        _bool,
+        action=argparse.BooleanOptionalAction,
+    )
+    status_interval_seconds: float = _setting(
+        5.0,
+        "least time between two status writes of one policy (default {default})",
+        _positive_seconds,
+        flag="--status-interval",
+        metavar="SECONDS",
+    )
+    kubeconfig: Path | None = _setting(  # noqa: RUF009
+        None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)", Path, env=False
+    )
+    leader_election: bool = _setting(
+        True,
+        "elect one replica through a Lease to write policy status and export the pod series; "
+        "every replica serves the webhook (default {default})",
+        _bool,
+        action=argparse.BooleanOptionalAction,
+    )
+    leader_election_namespace: str = _setting(
+        DEFAULT_NAMESPACE,
+        "namespace of the Lease gomemlimit-operator (default: --namespace; with --dev: "
+        f"{DEV_LEASE_NAMESPACE})",
+        _namespace_name,
+        metavar="NAMESPACE",
+    )
+    leader_election_identity: str | None = _setting(
+        None,
+        "this replica's Lease holder identity (default $POD_NAME or the host name, plus a "
+        "random suffix)",
+        _identity,
+        metavar="ID",
+    )
+    """None: chosen at start, from $POD_NAME (else the host name) and a random suffix."""
+    leader_election_lease_duration: int = _setting(
+        DEFAULT_LEASE_DURATION,
+        "how long a silent leader keeps the Lease, 2..300 (default {default})",
+        _whole_number(2, 300, "a whole number of seconds", "outside 2..300 seconds"),
+        metavar="SECONDS",
+    )
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.watch_namespaces
+
+    @property
+    def logging_level(self) -> int:
+        return int(getattr(logging, self.log_level.upper()))
+
+    def watches(self, namespace: str) -> bool:
+        """Whether pods and GoMemPolicies in this namespace are handled at all."""
+        return self.clusterwide or namespace in self.watch_namespaces
+
+    def exempt(self, namespace: str) -> bool:
+        """Whether the webhook must leave pods in this namespace alone."""
+        return namespace in self.exempt_namespaces or not self.watches(namespace)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags and variables, generated from the fields
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One setting with its names resolved: the field, the flag, the variables in order."""
+
+    name: str
+    default: object
+    flag: str
+    env: tuple[str, ...]
+    spec: _Setting
+
+
+def _settings() -> Iterator[_Read]:
+    for field in dataclasses.fields(OperatorConfig):
+        spec: _Setting = field.metadata[_SETTING]
+        flag = spec.flag or "--" + field.name.replace("_", "-")
+        plural = "S" if spec.action == "append" else ""
+        env = (ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper() + plural,)
+        fallback = (spec.fallback_env,) if spec.fallback_env else ()
+        yield _Read(field.name, field.default, flag, (env if spec.env else ()) + fallback, spec)
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -206,195 +357,64 @@ def build_parser(prog: str = "gomemlimit operator") -> argparse.ArgumentParser:
             "(upper case, dashes as underscores); the flag wins."
         ),
     )
-    add = parser.add_argument
-    add("--webhook-port", help="HTTPS port of the admission webhook (default 9443)")
-    add("--metrics-port", help="HTTP port of /metrics (default 8080)")
-    add("--health-port", help="HTTP port of /healthz and /readyz (default 8081)")
-    add(
-        "--bind-host",
-        help="address the three servers listen on (default 127.0.0.1; use 0.0.0.0 in a pod)",
-    )
-    add(
-        "--namespace",
-        help=f"the operator's own namespace (default $POD_NAMESPACE, else {DEFAULT_NAMESPACE})",
-    )
-    add(
-        "--exempt-namespace",
-        action="append",
-        metavar="NAMESPACE[,NAMESPACE...]",
-        help="never mutate pods here (repeatable); kube-system and --namespace always are",
-    )
-    add(
-        "--watch-namespace",
-        action="append",
-        metavar="NAMESPACE[,NAMESPACE...]",
-        help="handle only these namespaces (repeatable; default: the whole cluster)",
-    )
-    add("--tls-cert-file", help="PEM serving certificate of the webhook (reloaded on change)")
-    add("--tls-key-file", help="PEM private key of the webhook certificate")
-    add(
-        "--dev",
-        action="store_const",
-        const="true",
-        help=(
-            "local development: generate a self-signed certificate and register a URL "
-            "webhook configuration pointing at this process; removed on exit"
-        ),
-    )
-    add(
-        "--dev-webhook-name",
-        help=f"name of that configuration (default {DEFAULT_DEV_WEBHOOK_NAME})",
-    )
-    add(
-        "--webhook-timeout",
-        metavar="SECONDS",
-        help="timeoutSeconds of the --dev webhook configuration, 1..30 (default 2)",
-    )
-    add("--log-level", help=f"one of {', '.join(LOG_LEVELS)} (default info)")
-    add(
-        "--noncompliant-info",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="export one info series per noncompliant container (default on)",
-    )
-    add(
-        "--status-interval",
-        metavar="SECONDS",
-        help="least time between two status writes of one policy (default 5)",
-    )
-    add("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    add(
-        "--leader-election",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=(
-            "elect one replica through a Lease to write policy status and export the pod "
-            "series; every replica serves the webhook (default on)"
-        ),
-    )
-    add(
-        "--leader-election-namespace",
-        metavar="NAMESPACE",
-        help="namespace of the Lease gomemlimit-operator (default: --namespace; with --dev: "
-        "default)",
-    )
-    add(
-        "--leader-election-identity",
-        metavar="ID",
-        help="this replica's Lease holder identity (default $POD_NAME or the host name, "
-        "plus a random suffix)",
-    )
-    add(
-        "--leader-election-lease-duration",
-        metavar="SECONDS",
-        help=f"how long a silent leader keeps the Lease, 2..300 (default {DEFAULT_LEASE_DURATION})",
-    )
+    for read in _settings():
+        spec = read.spec
+        options: dict[str, Any] = {
+            "dest": read.name,
+            "default": None,
+            "help": spec.help.format(default=_shown(read.default)),
+        }
+        if spec.action is not None:
+            options["action"] = spec.action
+        if spec.action in (None, "append"):
+            options["metavar"] = (
+                spec.metavar or read.flag.removeprefix("--").replace("-", "_").upper()
+            )
+        parser.add_argument(read.flag, **options)
     return parser
 
 
-def _pick(
-    value: object,
-    flag: str,
-    env: Mapping[str, str],
-    convert: Callable[[str], T],
-    default: T,
-    env_name: str | None = None,
-) -> T:
-    """Flag value, else environment variable, else default; errors name the source."""
-    name = env_name or ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
-    if value is not None:
-        source, text = flag, str(value)
-    elif name in env:
-        source, text = name, env[name]
+def _pick(read: _Read, given: object, env: Mapping[str, str]) -> tuple[bool, object]:
+    """(True, value) from the flag, else from the first variable set; (False, None) from
+    neither. A list setting gives the names of all its comma lists. Errors name the source."""
+    if given is not None:
+        source, texts = read.flag, given if isinstance(given, list) else [given]
     else:
-        return default
+        found = next((name for name in read.env if name in env), None)
+        if found is None:
+            return False, None
+        source, texts = found, [env[found]]
     try:
-        return convert(text)
+        if read.spec.action == "append":
+            parts = (part.strip() for text in texts for part in str(text).split(","))
+            return True, [read.spec.parse(part) for part in parts if part]
+        return True, read.spec.parse(str(texts[0]))
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-
-
-def _pick_list(values: Sequence[str] | None, flag: str, env: Mapping[str, str]) -> list[str]:
-    name = ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper() + "S"
-    if values:
-        source, texts = flag, list(values)
-    elif name in env:
-        source, texts = name, [env[name]]
-    else:
-        return []
-    result: list[str] = []
-    try:
-        for text in texts:
-            result.extend(_namespace_list(text))
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return result
 
 
 def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> OperatorConfig:
     """Build the configuration from command-line arguments and the environment."""
     env = os.environ if env is None else env
     args = build_parser().parse_args(list(argv))
+    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
+    for read in _settings():
+        found, value = _pick(read, getattr(args, read.name), env)
+        if found:
+            given[read.name] = value
+        values[read.name] = value if found else read.default
 
-    # --namespace, then GOMEMLIMIT_OPERATOR_NAMESPACE, then the downward API's POD_NAMESPACE.
-    namespace = _pick(args.namespace, "--namespace", env, _namespace_name, "")
-    if not namespace:
-        namespace = _pick(None, "", env, _namespace_name, DEFAULT_NAMESPACE, "POD_NAMESPACE")
-    exempt = _pick_list(args.exempt_namespace, "--exempt-namespace", env)
-    watch = _pick_list(args.watch_namespace, "--watch-namespace", env)
-
-    cert = _pick(args.tls_cert_file, "--tls-cert-file", env, Path, None)
-    key = _pick(args.tls_key_file, "--tls-key-file", env, Path, None)
-    dev = _pick(args.dev, "--dev", env, _bool, False)
-    noncompliant = args.noncompliant_info
-    if noncompliant is None:
-        noncompliant = _pick(None, "--noncompliant-info", env, _bool, True)
-    election = args.leader_election
-    if election is None:
-        election = _pick(None, "--leader-election", env, _bool, True)
-    lease_namespace = _pick(
-        args.leader_election_namespace,
-        "--leader-election-namespace",
-        env,
-        _namespace_name,
-        DEV_LEASE_NAMESPACE if dev else namespace,
+    # The settings whose value depends on others.
+    namespace = values["namespace"]
+    values["exempt_namespaces"] = frozenset(
+        {*ALWAYS_EXEMPT, namespace, *given.get("exempt_namespaces", ())}
     )
+    values["watch_namespaces"] = tuple(dict.fromkeys(given.get("watch_namespaces", ())))
+    if "leader_election_namespace" not in given:
+        values["leader_election_namespace"] = DEV_LEASE_NAMESPACE if values["dev"] else namespace
 
-    config = OperatorConfig(
-        webhook_port=_pick(args.webhook_port, "--webhook-port", env, _port, 9443),
-        metrics_port=_pick(args.metrics_port, "--metrics-port", env, _port, 8080),
-        health_port=_pick(args.health_port, "--health-port", env, _port, 8081),
-        bind_host=_pick(args.bind_host, "--bind-host", env, _host, "127.0.0.1"),
-        namespace=namespace,
-        exempt_namespaces=frozenset({*ALWAYS_EXEMPT, namespace, *exempt}),
-        watch_namespaces=tuple(dict.fromkeys(watch)),
-        tls_cert_file=cert,
-        tls_key_file=key,
-        dev=dev,
-        dev_webhook_name=_pick(
-            args.dev_webhook_name, "--dev-webhook-name", env, _object_name, DEFAULT_DEV_WEBHOOK_NAME
-        ),
-        webhook_timeout_seconds=_pick(args.webhook_timeout, "--webhook-timeout", env, _timeout, 2),
-        log_level=_pick(args.log_level, "--log-level", env, _log_level, "info"),
-        noncompliant_info=bool(noncompliant),
-        status_interval_seconds=_pick(
-            args.status_interval, "--status-interval", env, _positive_seconds, 5.0
-        ),
-        # $KUBECONFIG needs no variable of ours: the Kubernetes client reads it by itself.
-        kubeconfig=None if args.kubeconfig is None else Path(args.kubeconfig),
-        leader_election=bool(election),
-        leader_election_namespace=lease_namespace,
-        leader_election_identity=_pick(
-            args.leader_election_identity, "--leader-election-identity", env, _identity, None
-        ),
-        leader_election_lease_duration=_pick(
-            args.leader_election_lease_duration,
-            "--leader-election-lease-duration",
-            env,
-            _lease_duration,
-            DEFAULT_LEASE_DURATION,
-        ),
-    )
+    config = OperatorConfig(**values)
     _check(config)
     return config
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
-from gomemlimit_operator.runtime.config import ConfigError, OperatorConfig, parse_config
+from gomemlimit_operator.runtime.config import (
+    ConfigError,
+    OperatorConfig,
+    _settings,
+    build_parser,
+    parse_config,
+)
 
 
 @pytest.fixture
@@ -179,3 +187,83 @@ def test_leader_election_flags_and_environment() -> None:
 def test_bad_leader_election_values(argv: list[str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         parse_config(["--dev", *argv], env={})
+
+
+# One declaration per setting: the defaults, the help and the variables all come from the
+# fields of OperatorConfig.
+
+
+def test_parsed_defaults_are_the_declared_ones(tls: list[str]) -> None:
+    config = parse_config(tls, env={})
+    declared = dataclasses.replace(
+        OperatorConfig(), tls_cert_file=Path(tls[1]), tls_key_file=Path(tls[3])
+    )
+    assert config == declared
+
+
+def test_help_shows_the_declared_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping, at gomemlimit-operator-dev either
+    text = " ".join(build_parser().format_help().split())
+    for shown in (
+        "HTTPS port of the admission webhook (default 9443)",
+        "HTTP port of /metrics (default 8080)",
+        "(default $POD_NAMESPACE, else gomemlimit-system)",
+        "name of that configuration (default gomemlimit-operator-dev)",
+        "1..30 (default 2)",
+        "one of debug, info, warning, error (default info)",
+        "--noncompliant-info, --no-noncompliant-info",
+        "per noncompliant container (default on)",
+        "of one policy (default 5)",
+        "--leader-election, --no-leader-election",
+        "2..300 (default 15)",
+        "--exempt-namespace NAMESPACE[,NAMESPACE...]",
+        "--webhook-timeout SECONDS",
+    ):
+        assert shown in text
+    assert "--no-dev" not in text
+
+
+def _documented_table() -> tuple[set[str], set[str]]:
+    """The flags and variables of the table in docs/operator.md."""
+    doc = (Path(__file__).parents[3] / "docs" / "operator.md").read_text()
+    section = doc.split("## Flags and environment variables", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    flags = {flag for row in rows for flag in re.findall(r"`(--[a-z-]+)", row[1])}
+    variables = {
+        "GOMEMLIMIT_OPERATOR_" + name for row in rows for name in re.findall(r"…_([A-Z_]+)", row[2])
+    }
+    variables |= {
+        name for row in rows for name in re.findall(r"`(GOMEMLIMIT_OPERATOR_\w+)`", row[2])
+    }
+    variables |= {name for row in rows for name in re.findall(r"then `(POD_NAMESPACE)`", row[2])}
+    return flags, variables
+
+
+def test_flags_and_variables_are_the_documented_ones() -> None:
+    flags, variables = _documented_table()
+    options = {
+        option
+        for action in build_parser()._actions
+        for option in action.option_strings
+        if option not in ("-h", "--help")
+    }
+    assert options == flags
+    assert {name for read in _settings() for name in read.env} == variables
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GOMEMLIMIT_OPERATOR_WEBHOOK_TIMEOUT", "0"),
+        ("GOMEMLIMIT_OPERATOR_STATUS_INTERVAL", "soon"),
+        ("GOMEMLIMIT_OPERATOR_LOG_LEVEL", "chatty"),
+        ("GOMEMLIMIT_OPERATOR_BIND_HOST", "a b"),
+        ("GOMEMLIMIT_OPERATOR_DEV_WEBHOOK_NAME", "Bad!"),
+        ("GOMEMLIMIT_OPERATOR_NAMESPACE", "Bad"),
+        ("GOMEMLIMIT_OPERATOR_WATCH_NAMESPACES", "ok,Bad"),
+        ("GOMEMLIMIT_OPERATOR_LEADER_ELECTION_LEASE_DURATION", "301"),
+    ],
+)
+def test_bad_variables_name_themselves(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable}: "):
+        parse_config(["--dev"], env={variable: value})
