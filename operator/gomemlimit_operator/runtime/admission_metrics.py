@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["RESULTS", "AdmissionMetrics", "Result", "default_metrics"]
+__all__ = ["RESULTS", "AdmissionMetrics", "Result"]
 
 Result = Literal["mutated", "unchanged", "skipped", "too_large", "error"]
 RESULTS: Final[tuple[Result, ...]] = ("mutated", "unchanged", "skipped", "too_large", "error")
@@ -27,7 +27,10 @@ BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 
 class AdmissionMetrics:
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+    """The two series, on the registry the operator serves (never prometheus_client's global
+    one)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "gomemlimit_admission_requests_total",
             "Pod admission requests answered by the webhook, by result.",
@@ -46,14 +49,3 @@ class AdmissionMetrics:
     def observe(self, result: Result, seconds: float) -> None:
         self.requests.labels(result=result).inc()
         self.duration.observe(seconds)
-
-
-_default: AdmissionMetrics | None = None
-
-
-def default_metrics() -> AdmissionMetrics:
-    """The process-wide instance on prometheus_client's default registry (created once)."""
-    global _default
-    if _default is None:
-        _default = AdmissionMetrics()
-    return _default

@@ -1,26 +1,33 @@
-"""``gomemlimit operator``: composes the operator process and runs it on kopf.
+"""``gomemlimit operator``: the composition root of the operator process, and its run.
 
-Composition (all in :func:`build_components`, one place to add handlers):
+:func:`build_components` builds everything with explicit constructor arguments, in one
+place, and nothing reaches back into it (the dependency is one-way: app -> parts):
 
-* a shared :class:`registry.PolicyView`, filled by :mod:`policies` and read by :mod:`webhook`;
+* a shared :class:`~.core.policy_view.PolicyView`, filled by :mod:`.policy_reconciler` and
+  read by :mod:`.webhook` and the pod records;
 * an explicit ``kopf.OperatorRegistry`` and ``kopf.OperatorSettings`` (no global state; no
   ``kopf run``), run with ``standalone=True``;
-* kopf's ``WebhookServer`` with an explicit host, port and certificate files (it reloads
-  changed files), never kopf's managed webhook mode;
-* the Prometheus ``/metrics`` server and the ``/healthz``, ``/readyz`` server;
-* background tasks: the policy LIST/resync, the status writer, the pod watcher's
-  housekeeping and start-up barrier, the leader election campaign, and with ``--dev`` the
-  webhook configuration registration and its probe.
+* :func:`build_reporting`: the pod records and :mod:`.watcher`, the policy status writer, the
+  pod series collector, and the Lease (:mod:`.leader`) that decides which replica reports;
+* one ``prometheus_client.CollectorRegistry``, made by :func:`new_metrics_registry` and given
+  to every metrics object (admission, watcher, event loop) and to the ``/metrics`` server;
+* the background tasks: the policy LIST/resync, the status writer, the leader election
+  campaign, the pod watcher's housekeeping and start-up barrier, the event-loop monitor, and
+  with ``--dev`` the :class:`~.dev.DevMode` registration and probe.
+
+:func:`run` adds kopf's ``WebhookServer`` (explicit host, port and certificate files, which it
+reloads when they change; never kopf's managed webhook mode), the ``/healthz`` and
+``/readyz`` server and the ``/metrics`` server, and runs kopf.
 
 High availability: every replica runs kopf standalone (policies, namespaces and pods are
 watched everywhere, so every webhook answers with a current policy index) and a Lease
-(:mod:`leader`) elects the one replica that writes policy status and exports the pod series.
+elects the one replica that writes policy status and exports the pod series.
 kopf peering is not used: it pauses every watch stream of a non-leader replica.
 
-kopf writes nothing onto pods: the only pod handler is the admission webhook, which answers
-requests and never calls the API. :func:`assert_pods_read_only` refuses to start if a
-handler that would write annotations or finalizers (on.create/update/resume/delete/field,
-timers, daemons) is ever registered for pods.
+kopf writes nothing onto pods: the pod handlers are the admission webhook, which answers
+requests, and the watcher's ``@kopf.on.event``, which only reads. :func:`assert_pods_read_only`
+refuses to start if a handler that would write annotations or finalizers
+(on.create/update/resume/delete/field, timers, daemons) is ever registered for pods.
 
 SIGTERM or SIGINT stops kopf cleanly; the Lease is released, the ``--dev`` configuration is
 deleted and the process exits 0. Bad flags exit 2; failures at start (no cluster
@@ -39,26 +46,28 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kopf
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from gomemlimit_operator import __version__
-from gomemlimit_operator.core.api import WEBHOOK_PATH
 from gomemlimit_operator.core.policy_view import PolicyView
-from gomemlimit_operator.install.webhook_configuration import (
-    build_webhook_configuration,
-    url_client_config,
-)
-from gomemlimit_operator.runtime import certs, webhook
-from gomemlimit_operator.runtime import pod_wiring as pods
-from gomemlimit_operator.runtime import policy_reconciler as policies
-from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics, default_metrics
+from gomemlimit_operator.core.records import PodStore
+from gomemlimit_operator.runtime import policy_reconciler, watcher
+from gomemlimit_operator.runtime import webhook as webhook_module
+from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
+from gomemlimit_operator.runtime.compliance_metrics import WatcherCollector, register_collector
 from gomemlimit_operator.runtime.config import ConfigError, OperatorConfig, parse_config
-from gomemlimit_operator.runtime.dev import DevProbe, DevWebhookRegistration
+from gomemlimit_operator.runtime.dev import (
+    READY_DEV,
+    DevMode,
+    DevProbe,
+    ProbeAnsweringWebhook,
+    dev_certificates,
+)
 from gomemlimit_operator.runtime.health import HealthServer, Readiness, metrics_server
 from gomemlimit_operator.runtime.leader import (
     LEASE_NAME,
@@ -68,15 +77,20 @@ from gomemlimit_operator.runtime.leader import (
 )
 from gomemlimit_operator.runtime.loop_monitor import LoopMonitor, freeze_when
 from gomemlimit_operator.runtime.status_writer import PolicyStatusWriter, kubernetes_status_patcher
+from gomemlimit_operator.runtime.watcher import PodWatcher, confirm_listing, pod_uid_lister
+from gomemlimit_operator.runtime.webhook import PodWebhook, ServingWebhookServer, reachable_host
 
 __all__ = [
     "Components",
+    "Reporting",
     "WatchOnlyDiffBaseStorage",
     "assert_pods_read_only",
     "assert_watch_only",
     "build_components",
+    "build_reporting",
     "build_settings",
     "main",
+    "new_metrics_registry",
     "run",
 ]
 
@@ -84,7 +98,6 @@ logger = logging.getLogger("gomemlimit_operator")
 
 READY_WEBHOOK = "webhook"
 READY_POLICIES = "policy-index"
-READY_DEV = "dev-webhook-configuration"
 
 
 # -------------------------------------------------------------------------------------------
@@ -235,111 +248,67 @@ def assert_pods_read_only(kopf_registry: kopf.OperatorRegistry) -> None:
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 
 
-@dataclass
-class Components:
-    """Everything the operator process is made of; later parts hook in here."""
+def new_metrics_registry() -> CollectorRegistry:
+    """The one registry the operator serves on /metrics: the process, platform and garbage
+    collector series prometheus_client's global registry would have, and then ours."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
 
-    config: OperatorConfig
-    api_client: Any
-    registry: PolicyView
-    kopf_registry: kopf.OperatorRegistry
-    readiness: Readiness
-    index: policies.PolicyReconciler
-    lister: policies.KubernetesLister
+
+@dataclass(frozen=True)
+class Reporting:
+    """What the leader reports: the pod series and the policy status, and who leads.
+
+    Every replica watches pods and keeps its records current; only the leader exports the
+    pod series (:meth:`exports`), and it writes status only once its records are synced
+    (:meth:`writes_status`): a new leader never publishes partial counts.
+    """
+
+    store: PodStore
+    watcher: PodWatcher
     status_writer: PolicyStatusWriter
-    metrics: AdmissionMetrics
-    pod_webhook: webhook.PodWebhook
-    cert_file: Path
-    key_file: Path
-    ca_bundle: bytes | None
-    probe: DevProbe | None
-    background: list[BackgroundTask] = field(default_factory=list)
-    serving: asyncio.Event = field(default_factory=asyncio.Event)
-    elector: LeaderElector | None = None
+    collector: WatcherCollector
+    elector: LeaderElector | None
     """The Lease campaign; None with --no-leader-election (this replica always leads)."""
-    compliance: pods.PodCompliance | None = None
+    background: tuple[BackgroundTask, ...]
 
-    def is_leader(self) -> bool:
-        """Whether this replica exports the pod series and (once synced) writes status."""
+    def exports(self) -> bool:
         return self.elector is None or self.elector.is_leader()
 
+    def writes_status(self) -> bool:
+        return self.exports() and self.store.synced
 
-def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: Path) -> Components:
-    import kubernetes
 
-    api_client = kubernetes.client.ApiClient(kube_configuration)
-    registry = PolicyView()
-    kopf_registry = kopf.OperatorRegistry()
-    readiness = Readiness()
-    readiness.add(READY_WEBHOOK)
-    readiness.add(READY_POLICIES)
+def build_reporting(
+    config: OperatorConfig,
+    api_client: Any,
+    registry: PolicyView,
+    kopf_registry: kopf.OperatorRegistry,
+    metrics_registry: CollectorRegistry,
+    *,
+    list_uids: Callable[[], set[str]] | None,
+) -> Reporting:
+    """The pod records, the watcher's handler, the status writer, the collector, the Lease.
 
-    @kopf.on.login(registry=kopf_registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(kube_configuration)
-
-    status_writer = PolicyStatusWriter(
-        kubernetes_status_patcher(api_client), interval=config.status_interval_seconds
+    ``list_uids``: the start-up barrier's LIST (:func:`~.watcher.pod_uid_lister`). With it,
+    the store is synced as soon as the watch delivered the pods it names; without it, once
+    kopf's listing has been quiet for 10 s, or after 30 s with no listing at all.
+    """
+    store = PodStore(
+        registry, per_namespace_listing=not config.clusterwide, quiet_sync=list_uids is None
     )
-    index = policies.PolicyReconciler(registry, status_writer, watches=config.watches)
-    lister = policies.KubernetesLister(api_client, config.watch_namespaces)
-    policies.register(kopf_registry, index)
+    registry.subscribe(store.policy_changed)
+    registry.subscribe_namespaces(store.namespace_changed)
+    pod_watcher = PodWatcher(store, watches=config.watches)
+    watcher.register(kopf_registry, pod_watcher)
 
-    if config.dev:
-        host = _reachable(config.bind_host)
-        bundle = certs.generate([*certs.default_hosts(config.namespace), host, config.bind_host])
-        files = certs.write_files(bundle, cert_dir)
-        cert_file, key_file, ca_bundle = files.cert_file, files.key_file, bundle.ca_pem
-        probe: DevProbe | None = DevProbe()
-        readiness.add(READY_DEV)
-    else:
-        assert config.tls_cert_file is not None
-        assert config.tls_key_file is not None
-        cert_file, key_file, ca_bundle, probe = (
-            config.tls_cert_file,
-            config.tls_key_file,
-            None,
-            None,
-        )
-
-    metrics = default_metrics()
-    pod_webhook = webhook.PodWebhook(
-        registry,
-        exempt=config.exempt,
-        metrics=metrics,
-        ensure_namespace=policies.namespace_ensurer(index, lister),
-        probe=probe,
-    )
-    webhook.register(kopf_registry, pod_webhook)
-
-    components = Components(
-        config=config,
-        api_client=api_client,
-        registry=registry,
-        kopf_registry=kopf_registry,
-        readiness=readiness,
-        index=index,
-        lister=lister,
-        status_writer=status_writer,
-        metrics=metrics,
-        pod_webhook=pod_webhook,
-        cert_file=cert_file,
-        key_file=key_file,
-        ca_bundle=ca_bundle,
-        probe=probe,
-    )
-    components.background.append(
-        lambda: policies.load_and_resync(
-            index, lister, on_loaded=lambda: readiness.set(READY_POLICIES)
-        )
-    )
-    components.background.append(status_writer.run)
-    # High availability: every replica serves the webhook with a current policy index (kopf
-    # runs standalone everywhere; kopf peering would pause every watch on the followers). A
-    # Lease elects the one replica that writes status and exports the pod series.
+    elector: LeaderElector | None = None
     if config.leader_election:
         timing = ElectionTiming.for_lease(config.leader_election_lease_duration)
-        components.elector = LeaderElector(
+        elector = LeaderElector(
             KubernetesLeaseClient(
                 api_client,
                 config.leader_election_namespace,
@@ -348,23 +317,140 @@ def build_components(config: OperatorConfig, kube_configuration: Any, cert_dir: 
             ),
             config.leader_election_identity or default_identity(),
             timing=timing,
+            # A new leader writes at once. (status_writer is built just below; the elector
+            # calls back only from run(), a background task.)
             on_change=lambda leading: status_writer.wake(),
             description=f"lease {config.leader_election_namespace}/{LEASE_NAME}",
         )
-        components.background.append(components.elector.run)
-    # The pod compliance watcher, its metrics and the status counts (issue 5). Every replica
-    # watches and keeps its records current; only the leader exports them and writes status,
-    # and only once its records are synced (a new leader never publishes partial counts).
-    compliance = pods.register(
-        components,
-        is_active=components.is_leader,
-        list_uids=pods.pod_uid_lister(api_client, config.watch_namespaces),
+
+    def exports() -> bool:
+        return elector is None or elector.is_leader()
+
+    status_writer = PolicyStatusWriter(
+        kubernetes_status_patcher(api_client),
+        interval=config.status_interval_seconds,
+        counts_provider=store.counts,
+        is_leader=lambda: exports() and store.synced,
     )
-    components.compliance = compliance
-    status_writer.is_leader = lambda: components.is_leader() and compliance.store.synced
+    collector = register_collector(
+        store,
+        registry,
+        noncompliant_info=config.noncompliant_info,
+        is_active=exports,
+        status_writes=lambda: status_writer.writes,
+        prometheus_registry=metrics_registry,
+    )
+    background: list[BackgroundTask] = [status_writer.run]
+    if elector is not None:
+        background.append(elector.run)
+    background.append(pod_watcher.run)
+    if list_uids is not None:
+        barrier_lister = list_uids
+        background.append(lambda: confirm_listing(store, barrier_lister))
+    return Reporting(store, pod_watcher, status_writer, collector, elector, tuple(background))
+
+
+@dataclass(frozen=True)
+class Components:
+    """What :func:`run` needs of the built operator."""
+
+    api_client: Any
+    kopf_registry: kopf.OperatorRegistry
+    readiness: Readiness
+    pod_webhook: PodWebhook
+    cert_file: Path
+    key_file: Path
+    ca_bundle: bytes | None
+    serving: asyncio.Event
+    """Set each time the webhook server starts serving."""
+    background: tuple[BackgroundTask, ...]
+    reporting: Reporting
+    """Its elector is logged at start and releases the Lease at shutdown."""
+    dev: DevMode | None
+
+
+def build_components(
+    config: OperatorConfig,
+    kube_configuration: Any,
+    cert_dir: Path,
+    metrics_registry: CollectorRegistry,
+) -> Components:
+    import kubernetes
+
+    api_client = kubernetes.client.ApiClient(kube_configuration)
+    registry = PolicyView()
+    kopf_registry = kopf.OperatorRegistry()
+    readiness = Readiness()
+    readiness.add(READY_WEBHOOK)
+    readiness.add(READY_POLICIES)
+    serving = asyncio.Event()
+
+    @kopf.on.login(registry=kopf_registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(kube_configuration)
+
+    reporting = build_reporting(
+        config,
+        api_client,
+        registry,
+        kopf_registry,
+        metrics_registry,
+        list_uids=pod_uid_lister(api_client, config.watch_namespaces),
+    )
+    reconciler = policy_reconciler.PolicyReconciler(
+        registry, reporting.status_writer, watches=config.watches
+    )
+    lister = policy_reconciler.KubernetesLister(api_client, config.watch_namespaces)
+    policy_reconciler.register(kopf_registry, reconciler)
+
+    webhook_arguments: dict[str, Any] = {
+        "exempt": config.exempt,
+        "metrics": AdmissionMetrics(metrics_registry),
+        "ensure_namespace": policy_reconciler.namespace_ensurer(reconciler, lister),
+    }
+    dev: DevMode | None = None
+    pod_webhook: PodWebhook
+    if config.dev:
+        cert_file, key_file, ca_pem = dev_certificates(config, cert_dir)
+        ca_bundle: bytes | None = ca_pem
+        probe = DevProbe()
+        pod_webhook = ProbeAnsweringWebhook(registry, probe=probe, **webhook_arguments)
+        dev = DevMode(config, api_client, ca_pem, probe)
+        readiness.add(READY_DEV)
+    else:
+        assert config.tls_cert_file is not None
+        assert config.tls_key_file is not None
+        cert_file, key_file, ca_bundle = config.tls_cert_file, config.tls_key_file, None
+        pod_webhook = PodWebhook(registry, **webhook_arguments)
+    webhook_module.register(kopf_registry, pod_webhook)
+
+    loop_monitor = LoopMonitor(metrics_registry)
+    background: list[BackgroundTask] = [
+        lambda: policy_reconciler.load_and_resync(
+            reconciler, lister, on_loaded=lambda: readiness.set(READY_POLICIES)
+        ),
+        *reporting.background,
+        loop_monitor.run,
+        lambda: freeze_when(lambda: readiness.ready),
+    ]
+    if dev is not None:
+        dev_mode = dev
+        background.append(lambda: dev_mode.run(serving, lambda: readiness.set(READY_DEV)))
     assert_pods_read_only(kopf_registry)
     assert_watch_only(kopf_registry)
-    return components
+    return Components(
+        api_client=api_client,
+        kopf_registry=kopf_registry,
+        readiness=readiness,
+        pod_webhook=pod_webhook,
+        cert_file=cert_file,
+        key_file=key_file,
+        ca_bundle=ca_bundle,
+        serving=serving,
+        background=tuple(background),
+        reporting=reporting,
+        dev=dev,
+    )
 
 
 def default_identity() -> str:
@@ -375,86 +461,6 @@ def default_identity() -> str:
     """
     base = os.environ.get("POD_NAME") or socket.gethostname() or "gomemlimit-operator"
     return f"{base}_{secrets.token_hex(4)}"
-
-
-def _reachable(bind_host: str) -> str:
-    """The address the API server should use to reach a server bound to ``bind_host``."""
-    return (
-        "127.0.0.1"
-        if bind_host in ("0.0.0.0", "", "*")
-        else "::1"
-        if bind_host == "::"
-        else bind_host
-    )
-
-
-# -------------------------------------------------------------------------------------------
-# --dev: the webhook configuration and its probe
-# -------------------------------------------------------------------------------------------
-
-
-def _probe_namespace(config: OperatorConfig) -> str | None:
-    candidates = ["default", *config.watch_namespaces]
-    for namespace in candidates:
-        if not config.exempt(namespace):
-            return namespace
-    return None
-
-
-async def _register_dev_webhook(
-    components: Components, registration_box: list[DevWebhookRegistration]
-) -> None:
-    import kubernetes
-
-    config = components.config
-    await components.serving.wait()
-    assert components.ca_bundle is not None
-    assert components.probe is not None
-    url = f"https://{_reachable(config.bind_host)}:{config.webhook_port}{WEBHOOK_PATH}"
-    body = build_webhook_configuration(
-        name=config.dev_webhook_name,
-        client_config=url_client_config(url, components.ca_bundle),
-        exempt_namespaces=config.exempt_namespaces,
-        only_namespaces=config.watch_namespaces,
-        timeout_seconds=config.webhook_timeout_seconds,
-        labels={"app.kubernetes.io/managed-by": "gomemlimit-operator-dev"},
-    )
-    registration = DevWebhookRegistration(
-        kubernetes.client.AdmissionregistrationV1Api(components.api_client), body
-    )
-    registration_box.append(registration)
-    attempt = 0
-    while not registration.registered:
-        try:
-            await asyncio.to_thread(registration.register)
-        except Exception as exc:
-            attempt += 1
-            logger.warning("Could not register the dev webhook configuration: %s", exc)
-            await asyncio.sleep(min(5.0, 0.5 * attempt))
-    logger.info("Dev webhook configuration %s points at %s.", registration.name, url)
-
-    probe_namespace = _probe_namespace(config)
-    if probe_namespace is None:
-        logger.warning("No namespace to probe the webhook from; not waiting for the API server.")
-        components.readiness.set(READY_DEV)
-        return
-    core = kubernetes.client.CoreV1Api(components.api_client)
-    started = asyncio.get_running_loop().time()
-    warned = 0.0
-    while not components.probe.confirmed:
-        try:
-            await asyncio.to_thread(components.probe.send, core, probe_namespace)
-        except Exception as exc:
-            logger.debug("Dev webhook probe failed: %s", exc)
-        if components.probe.confirmed:
-            break
-        waited = asyncio.get_running_loop().time() - started
-        if waited - warned > 10:
-            warned = waited
-            logger.warning("The API server has not called the webhook yet (%.0fs).", waited)
-        await asyncio.sleep(0.2 if waited < 10 else 2.0)
-    logger.info("The API server calls the webhook; ready.")
-    components.readiness.set(READY_DEV)
 
 
 # -------------------------------------------------------------------------------------------
@@ -478,7 +484,8 @@ async def run(config: OperatorConfig) -> int:
         return 1
 
     with tempfile.TemporaryDirectory(prefix="gomemlimit-operator-") as temp:
-        components = build_components(config, kube_configuration, Path(temp))
+        metrics_registry = new_metrics_registry()
+        components = build_components(config, kube_configuration, Path(temp), metrics_registry)
 
         @kopf.on.startup(registry=components.kopf_registry)
         async def resend_early_signals(**_: Any) -> None:
@@ -490,31 +497,24 @@ async def run(config: OperatorConfig) -> int:
             components.readiness.set(READY_WEBHOOK)
             components.serving.set()
 
-        server = webhook.ServingWebhookServer(
+        server = ServingWebhookServer(
             on_serving=on_serving,
             lean=components.pod_webhook.review,
             addr=config.bind_host,
             port=config.webhook_port,
-            host=_reachable(config.bind_host),
+            host=reachable_host(config.bind_host),
             certfile=str(components.cert_file),
             pkeyfile=str(components.key_file),
             cadata=components.ca_bundle,
             file_check_interval=10.0,
         )
         settings = build_settings(config, server)
-        registrations: list[DevWebhookRegistration] = []
         health = HealthServer(components.readiness, config.bind_host, config.health_port)
         tasks: list[asyncio.Task[None]] = []
         try:
-            with metrics_server(config.bind_host, config.metrics_port):
+            with metrics_server(config.bind_host, config.metrics_port, metrics_registry):
                 await health.start()
                 tasks = [asyncio.create_task(factory()) for factory in components.background]
-                tasks.append(asyncio.create_task(LoopMonitor(REGISTRY).run()))
-                tasks.append(asyncio.create_task(freeze_when(lambda: components.readiness.ready)))
-                if config.dev:
-                    tasks.append(
-                        asyncio.create_task(_register_dev_webhook(components, registrations))
-                    )
                 logger.info(
                     "gomemlimit-operator %s: webhook :%d, metrics :%d, health :%d on %s%s.",
                     __version__,
@@ -524,11 +524,12 @@ async def run(config: OperatorConfig) -> int:
                     config.bind_host,
                     " (dev)" if config.dev else "",
                 )
-                if components.elector is not None:
+                elector = components.reporting.elector
+                if elector is not None:
                     logger.info(
                         "Leader election: %s as %s (lease duration %ds).",
-                        components.elector.description,
-                        components.elector.identity,
+                        elector.description,
+                        elector.identity,
                         config.leader_election_lease_duration,
                     )
                 await kopf.operator(
@@ -537,7 +538,6 @@ async def run(config: OperatorConfig) -> int:
                     standalone=True,
                     clusterwide=config.clusterwide,
                     namespaces=list(config.watch_namespaces),
-                    memo=kopf.Memo(components=components),
                 )
         except OSError as exc:
             logger.error("Cannot start: %s", exc)
@@ -553,13 +553,10 @@ async def run(config: OperatorConfig) -> int:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            if components.elector is not None:  # status writing has stopped: hand over now
-                await components.elector.stop()
-            for registration in registrations:
-                try:
-                    await asyncio.wait_for(asyncio.to_thread(registration.remove), timeout=15)
-                except Exception as exc:
-                    logger.error("Could not delete %s: %s", registration.name, exc)
+            if components.reporting.elector is not None:  # status writing has stopped
+                await components.reporting.elector.stop()  # hand over now
+            if components.dev is not None:
+                await components.dev.remove()
             await health.stop()
             components.api_client.close()
     logger.info("Stopped.")

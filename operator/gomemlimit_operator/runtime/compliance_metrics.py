@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -196,9 +196,9 @@ def register_collector(
     noncompliant_info: bool = True,
     is_active: Callable[[], bool] = lambda: True,
     status_writes: Callable[[], int] = lambda: 0,
-    prometheus_registry: CollectorRegistry = REGISTRY,
+    prometheus_registry: CollectorRegistry,
 ) -> WatcherCollector:
-    """Create the collector and register it (on prometheus_client's default registry)."""
+    """Create the collector and register it on ``prometheus_registry``."""
     collector = WatcherCollector(
         store,
         registry,

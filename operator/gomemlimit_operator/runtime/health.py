@@ -15,7 +15,6 @@ from typing import Final
 
 from aiohttp import web
 from prometheus_client import (
-    REGISTRY,
     CollectorRegistry,
     disable_created_metrics,
     start_http_server,
@@ -102,8 +101,8 @@ class HealthServer:
 
 
 @contextmanager
-def metrics_server(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> Iterator[None]:
-    """Serve prometheus_client's /metrics in a thread for the duration of the block.
+def metrics_server(host: str, port: int, registry: CollectorRegistry) -> Iterator[None]:
+    """Serve ``registry`` on /metrics in a thread for the duration of the block.
 
     prometheus_client's ``*_created`` series (one per counter and histogram, the time the
     process created them) are turned off: Prometheus does not need them, and they only add

@@ -11,7 +11,7 @@ Events always win over a LIST: every event stamps its key with a counter, and a 
 applies to (or removes) keys no event touched since that LIST began.
 
 :func:`register` adds ``@kopf.on.event`` handlers (they return None and write nothing onto the
-objects; status goes through :mod:`policy_status`). Invalid specs also get one Warning Event
+objects; status goes through :mod:`.status_writer`). Invalid specs also get one Warning Event
 per generation and problem.
 """
 

@@ -6,12 +6,12 @@ only when it differs, at most once per ``interval`` per policy, and only while t
 is the status writer (``is_leader``). Status-only writes do not change ``generation``, and the
 policy handlers only read, so a write never makes the operator re-handle a policy in a loop.
 
-Hooks for later parts:
+Constructor arguments (the composition root, ``app.build_reporting``, passes both):
 
 * ``counts_provider(policy_ref) -> (matched_pods, governed_containers, ContainerCounts) | None``
   (``policy_ref`` as :attr:`api.Policy.ref`); None means "not observed yet" and leaves
   ``Compliant`` Unknown and the count fields as they are.
-* ``is_leader() -> bool``: only the leader writes (``operator_main`` also waits until its pod
+* ``is_leader() -> bool``: only the leader writes (the operator also waits until its pod
   records are synced); others keep tracking the live status from watch events, so a new leader
   writes only what differs.
 """

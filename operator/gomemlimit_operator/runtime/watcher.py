@@ -16,8 +16,8 @@ to the engine's :class:`~.engine.PodFacts`; the body is not kept.
   safety net and stamps the time of the last full evaluation, which a stalled watcher stops
   advancing.
 * :func:`confirm_listing` is the start-up barrier: kopf does not say when its initial listing
-  is complete, so a LIST of pod uids tells which pods the watch must deliver before the store
-  counts as synced (and policy status may be written).
+  is complete, so a LIST of pod uids (:func:`pod_uid_lister`) tells which pods the watch must
+  deliver before the store counts as synced (and policy status may be written).
 
 Every replica watches pods and keeps its store current, so that a new leader can take over
 with complete records; only the leader exports the pod series and writes status (see
@@ -27,6 +27,7 @@ with complete records; only the leader exports the pod series and writes status 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
@@ -36,11 +37,17 @@ import kopf
 from gomemlimit_operator.core.engine import PodTooLarge, SpecError, pod_facts
 from gomemlimit_operator.core.records import PodStore
 
-__all__ = ["TERMINAL_PHASES", "PodWatcher", "confirm_listing", "register"]
+__all__ = ["TERMINAL_PHASES", "PodWatcher", "confirm_listing", "pod_uid_lister", "register"]
 
 logger = logging.getLogger(__name__)
 
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+PARTIAL_METADATA: Final = (
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+"""Ask the API server for metadata only; plain JSON from a server that cannot."""
+NOT_FINISHED: Final = "status.phase!=Succeeded,status.phase!=Failed"
+PAGE: Final = 500
 
 
 class PodWatcher:
@@ -192,9 +199,58 @@ async def confirm_listing(
     logger.info("Pod records synced: %d pods.", len(store))
 
 
+def pod_uid_lister(
+    api_client: Any, watch_namespaces: tuple[str, ...] = ()
+) -> Callable[[], set[str]]:
+    """A blocking function that LISTs the uids of the pods that have not finished.
+
+    Paged (500 per page), metadata only (``PartialObjectMetadataList``), and each page's
+    JSON is dropped once its uids are read: nothing but the uid strings is kept.
+    """
+    from kubernetes.client import CoreV1Api
+
+    core = CoreV1Api(api_client)
+    options: dict[str, Any] = {
+        "limit": PAGE,
+        "field_selector": NOT_FINISHED,
+        "_preload_content": False,
+        "_request_timeout": 60,
+        "_headers": {"Accept": PARTIAL_METADATA},
+    }
+
+    def page(namespace: str | None, token: str | None) -> tuple[list[str], str | None]:
+        response: Any  # the raw urllib3 response (_preload_content=False)
+        if namespace is None:
+            response = core.list_pod_for_all_namespaces(_continue=token, **options)
+        else:
+            response = core.list_namespaced_pod(namespace, _continue=token, **options)
+        try:
+            data = json.loads(response.data)
+        finally:
+            response.release_conn()
+        uids = [
+            str((item.get("metadata") or {}).get("uid") or "") for item in data.get("items") or ()
+        ]
+        return [uid for uid in uids if uid], (data.get("metadata") or {}).get("continue") or None
+
+    def list_uids() -> set[str]:
+        uids: set[str] = set()
+        for namespace in watch_namespaces or (None,):
+            token: str | None = None
+            while True:
+                found, token = page(namespace, token)
+                uids.update(found)
+                if token is None:
+                    break
+        return uids
+
+    return list_uids
+
+
 def register(kopf_registry: kopf.OperatorRegistry, watcher: PodWatcher) -> None:
     """Add the pod event handler. Run :meth:`PodWatcher.run` as a background task, and
-    subscribe the store to the policy registry: ``registry.subscribe(store.policy_changed)``.
+    subscribe the store to the policy view: ``registry.subscribe(store.policy_changed)``
+    (``app.build_reporting`` does both).
     """
 
     async def on_pod(event: Mapping[str, Any], **_: Any) -> None:

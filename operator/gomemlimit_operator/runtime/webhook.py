@@ -31,7 +31,7 @@ import aiohttp.web
 import kopf
 import orjson
 
-from gomemlimit_operator.core.api import WEBHOOK_ID
+from gomemlimit_operator.core.api import WEBHOOK_ID, WEBHOOK_PATH
 from gomemlimit_operator.core.engine import (
     PodTooLarge,
     SpecError,
@@ -42,13 +42,14 @@ from gomemlimit_operator.core.engine import (
 )
 from gomemlimit_operator.core.policy_view import PolicyView
 from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics, Result
-from gomemlimit_operator.runtime.dev import DevProbe
 
 __all__ = [
+    "WEBHOOK_PATH",
     "Admission",
     "PodWebhook",
     "ServingWebhookServer",
     "admit",
+    "reachable_host",
     "register",
 ]
 
@@ -168,23 +169,18 @@ class PodWebhook:
         exempt: Callable[[str], bool],
         metrics: AdmissionMetrics,
         ensure_namespace: Callable[[str], Awaitable[None]] | None = None,
-        probe: DevProbe | None = None,
     ) -> None:
         self.registry = registry
         self.exempt = exempt
         self.metrics = metrics
         self.ensure_namespace = ensure_namespace
-        self.probe = probe
 
     async def decide(self, pod: Mapping[str, Any], dryrun: bool) -> Admission | None:
-        """The decision for one pod being created, logged and counted; None for the --dev
-        probe (answered, not counted). Never raises: our own failure is ``result="error"``."""
+        """The decision for one pod being created, logged and counted. Never raises: our own
+        failure is ``result="error"``. None means "answer allowed, without a patch or a count";
+        this class never returns it, a subclass may (``dev.ProbeAnsweringWebhook``)."""
         started = time.perf_counter()
         try:
-            annotations = (pod.get("metadata") or {}).get("annotations") or {}
-            if self.probe is not None and self.probe.matches(annotations, dryrun):
-                self.probe.seen()
-                return None
             namespace = str((pod.get("metadata") or {}).get("namespace") or "")
             if namespace and self.ensure_namespace is not None and not self.exempt(namespace):
                 try:
@@ -258,6 +254,17 @@ class PodWebhook:
             assert admission.spec is not None
             patch.fns.append(_put(admission.metadata, admission.spec))
         warnings.extend(admission.warnings)
+
+
+def reachable_host(bind_host: str) -> str:
+    """The address the API server should use to reach a server bound to ``bind_host``."""
+    return (
+        "127.0.0.1"
+        if bind_host in ("0.0.0.0", "", "*")
+        else "::1"
+        if bind_host == "::"
+        else bind_host
+    )
 
 
 class ServingWebhookServer(kopf.WebhookServer):

@@ -9,6 +9,7 @@ from typing import Any
 import kopf
 import kubernetes
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from gomemlimit_operator.core.api import WEBHOOK_ID
 from gomemlimit_operator.runtime.app import (
@@ -18,13 +19,16 @@ from gomemlimit_operator.runtime.app import (
     build_components,
     default_identity,
     main,
+    new_metrics_registry,
 )
 from gomemlimit_operator.runtime.config import parse_config
 
 
 def components(tmp_path: Path) -> Any:
     config = parse_config(["--dev"], env={})
-    return build_components(config, kubernetes.client.Configuration(), tmp_path)
+    return build_components(
+        config, kubernetes.client.Configuration(), tmp_path, CollectorRegistry()
+    )
 
 
 def test_handlers_are_read_only_and_the_webhook_has_its_fixed_id(tmp_path: Path) -> None:
@@ -121,36 +125,39 @@ def test_leader_election_decides_who_writes_status_and_exports(tmp_path: Path) -
         ["--dev", "--leader-election-identity", "replica-a", "--leader-election-namespace", "x"],
         env={},
     )
-    built = build_components(config, kubernetes.client.Configuration(), tmp_path)
-    elector = built.elector
+    built = build_components(
+        config, kubernetes.client.Configuration(), tmp_path, CollectorRegistry()
+    )
+    elector = built.reporting.elector
     assert elector is not None
     assert elector.identity == "replica-a"
     assert elector.client.namespace == "x"  # type: ignore[attr-defined]
     assert elector.client.name == "gomemlimit-operator"  # type: ignore[attr-defined]
     assert elector.run in built.background
-    assert built.compliance is not None
-    store = built.compliance.store
+    reporting = built.reporting
+    store = reporting.store
     assert not store.quiet_sync  # the start-up barrier decides
     # A follower neither exports nor writes.
-    assert not built.is_leader()
-    assert not built.status_writer.is_leader()
+    assert not reporting.exports()
+    assert not reporting.status_writer.is_leader()
     # A leader exports at once, but writes status only once its records are synced.
     elector._leading, elector._valid_until = True, float("inf")
-    assert built.is_leader()
-    assert not built.status_writer.is_leader()
+    assert reporting.exports()
+    assert not reporting.status_writer.is_leader()
     store.begin_confirmation()
     store.finish_confirmation()
-    assert built.status_writer.is_leader()
+    assert reporting.status_writer.is_leader()
 
 
 def test_without_leader_election_the_replica_always_leads(tmp_path: Path) -> None:
     config = parse_config(["--dev", "--no-leader-election"], env={})
-    built = build_components(config, kubernetes.client.Configuration(), tmp_path)
-    assert built.elector is None
-    assert built.is_leader()
-    assert built.compliance is not None
-    built.compliance.store.finish_confirmation()
-    assert built.status_writer.is_leader()
+    built = build_components(
+        config, kubernetes.client.Configuration(), tmp_path, CollectorRegistry()
+    )
+    assert built.reporting.elector is None
+    assert built.reporting.exports()
+    built.reporting.store.finish_confirmation()
+    assert built.reporting.status_writer.is_leader()
 
 
 def test_the_default_identity_is_the_pod_name_and_a_suffix(
@@ -160,3 +167,24 @@ def test_the_default_identity_is_the_pod_name_and_a_suffix(
     first, second = default_identity(), default_identity()
     assert first.startswith("gomemlimit-operator-7d9f-abcde_")
     assert first != second  # a restarted process is a new candidate
+
+
+def test_every_series_is_on_the_one_injected_registry(tmp_path: Path) -> None:
+    metrics = new_metrics_registry()
+    build_components(
+        parse_config(["--dev"], env={}), kubernetes.client.Configuration(), tmp_path, metrics
+    )
+    names = {family.name for family in metrics.collect()}
+    assert {
+        "gomemlimit_admission_requests",
+        "gomemlimit_admission_duration_seconds",
+        "gomemlimit_event_loop_stall_seconds",
+        "gomemlimit_event_loop_longest_stall_seconds",
+        "gomemlimit_leader",
+        "gomemlimit_build_info",
+        "process_cpu_seconds",
+        "python_gc_objects_collected",
+        "python_info",
+    } <= names
+    on_the_global_registry = {family.name for family in REGISTRY.collect()}
+    assert not {name for name in on_the_global_registry if name.startswith("gomemlimit_")}

@@ -6,9 +6,10 @@ import asyncio
 import copy
 import inspect
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import kopf
+import kubernetes
 import pytest
 from prometheus_client import CollectorRegistry
 from unit_helpers import Clock, make_pod, policy
@@ -17,8 +18,7 @@ from gomemlimit_operator.core.api import ContainerCounts
 from gomemlimit_operator.core.engine import State
 from gomemlimit_operator.core.policy_view import PolicyKey, PolicyView
 from gomemlimit_operator.core.records import PodStore
-from gomemlimit_operator.runtime import pod_wiring as pods
-from gomemlimit_operator.runtime.app import assert_pods_read_only
+from gomemlimit_operator.runtime.app import assert_pods_read_only, build_reporting
 from gomemlimit_operator.runtime.watcher import PodWatcher, confirm_listing, register
 
 CLUSTER = "ClusterGoMemPolicy/all"
@@ -173,27 +173,42 @@ def test_register_adds_one_read_only_event_handler_returning_none(store: PodStor
     assert len(store) == 1
 
 
-def test_pods_register_wires_store_handler_metrics_and_status_counts() -> None:
+def reporting_config(*, leader_election: bool) -> Any:
+    return SimpleNamespace(
+        clusterwide=False,
+        watches=lambda ns: True,
+        noncompliant_info=True,
+        status_interval_seconds=5.0,
+        leader_election=leader_election,
+        leader_election_lease_duration=15,
+        leader_election_namespace="x",
+        leader_election_identity="replica-a",
+    )
+
+
+def test_build_reporting_wires_store_handler_metrics_and_status_counts() -> None:
     registry = PolicyView()
     registry.set_policy(policy("all"))
-    config = SimpleNamespace(clusterwide=False, watches=lambda ns: True, noncompliant_info=True)
-    components = SimpleNamespace(
-        config=config,
-        registry=registry,
-        kopf_registry=kopf.OperatorRegistry(),
-        status_writer=SimpleNamespace(counts_provider=None, writes=0),
-        background=[],
-    )
+    kopf_registry = kopf.OperatorRegistry()
+    api_client = kubernetes.client.ApiClient(kubernetes.client.Configuration())
     prometheus = CollectorRegistry()
-    leading = True
-    wired = pods.register(
-        cast(Any, components), is_active=lambda: leading, prometheus_registry=prometheus
+    wired = build_reporting(
+        reporting_config(leader_election=True),
+        api_client,
+        registry,
+        kopf_registry,
+        prometheus,
+        list_uids=None,
     )
+    elector = wired.elector
+    assert elector is not None
+    elector._leading, elector._valid_until = True, float("inf")
     assert wired.store.per_namespace_listing
     assert wired.store.quiet_sync  # no barrier: an idle cluster is synced after a while
-    assert components.status_writer.counts_provider == wired.store.counts
-    assert components.background == [wired.watcher.run]
-    assert len(kopf_pod_handlers(components.kopf_registry)) == 1
+    assert wired.status_writer.counts_provider == wired.store.counts
+    # The status writer, the campaign and the housekeeping; no start-up barrier.
+    assert wired.background == (wired.status_writer.run, elector.run, wired.watcher.run)
+    assert len(kopf_pod_handlers(kopf_registry)) == 1
     wired.watcher.handle(event("ADDED", make_pod("a")))
     registry.set_policy(policy("all", containers=["none"]))  # the listener is wired
     assert wired.store.pending() == 1
@@ -201,23 +216,29 @@ def test_pods_register_wires_store_handler_metrics_and_status_counts() -> None:
     registry.set_namespace("default", {"team": "x"})  # so is the namespace listener
     assert wired.store.pending() == 1
     assert prometheus.get_sample_value("gomemlimit_watched_pods") == 1
-    components.status_writer.writes = 2
+    wired.status_writer.writes = 2
     assert prometheus.get_sample_value("gomemlimit_policy_status_writes_total") == 2
-    leading = False
+    elector._leading = False
     assert prometheus.get_sample_value("gomemlimit_leader") == 0
     assert prometheus.get_sample_value("gomemlimit_watched_pods") is None
 
-    components.background.clear()
-    again = pods.register(  # a second build replaces the collector: no clash
-        cast(Any, components), list_uids=lambda: set(), prometheus_registry=prometheus
+    again_prometheus = CollectorRegistry()  # each build has its own registry: no clash
+    again = build_reporting(
+        reporting_config(leader_election=False),
+        api_client,
+        PolicyView(),
+        kopf.OperatorRegistry(),
+        again_prometheus,
+        list_uids=lambda: set(),
     )
-    assert prometheus.get_sample_value("gomemlimit_watched_pods") == 0
+    assert again_prometheus.get_sample_value("gomemlimit_watched_pods") == 0
     assert again.collector is not wired.collector
     assert not again.store.quiet_sync
-    assert len(components.background) == 2  # the housekeeping and the start-up barrier
+    # The status writer, the housekeeping and the start-up barrier.
+    assert len(again.background) == 3
 
     async def barrier() -> None:
-        await asyncio.wait_for(components.background[1](), timeout=5)
+        await asyncio.wait_for(again.background[2](), timeout=5)
 
     assert not again.store.synced
     asyncio.run(barrier())  # an empty cluster: synced as soon as the LIST answers

@@ -15,7 +15,7 @@ from unit_helpers import container, env_value, policy
 from gomemlimit_operator.core.engine import ANNOTATION_INJECTED, ANNOTATION_POLICY
 from gomemlimit_operator.core.policy_view import PolicyView
 from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
-from gomemlimit_operator.runtime.dev import PROBE_ANNOTATION, DevProbe
+from gomemlimit_operator.runtime.dev import PROBE_ANNOTATION, DevProbe, ProbeAnsweringWebhook
 from gomemlimit_operator.runtime.webhook import PodWebhook, admit
 
 
@@ -226,7 +226,10 @@ def test_namespace_lookup_happens_before_the_decision() -> None:
 
 def test_dev_probe_is_answered_without_patch_or_count(registry: PolicyView) -> None:
     probe = DevProbe("n1")
-    webhook, metrics = make_webhook(registry, probe=probe)
+    metrics = AdmissionMetrics(CollectorRegistry())
+    webhook = ProbeAnsweringWebhook(
+        registry, exempt=lambda ns: ns == "kube-system", metrics=metrics, probe=probe
+    )
     request_pod = pod(annotations={PROBE_ANNOTATION: "n1"})
     ops, _ = handle(webhook, request_pod, dryrun=True)
     assert ops == []
@@ -235,6 +238,13 @@ def test_dev_probe_is_answered_without_patch_or_count(registry: PolicyView) -> N
     # Not a dry run: an ordinary pod, mutated as usual.
     ops, _ = handle(webhook, request_pod, dryrun=False)
     assert ops
+
+
+def test_the_production_webhook_knows_nothing_of_the_dev_probe(registry: PolicyView) -> None:
+    webhook, metrics = make_webhook(registry)
+    ops, _ = handle(webhook, pod(annotations={PROBE_ANNOTATION: "n1"}), dryrun=True)
+    assert ops  # an ordinary dry run: the same patch, counted
+    assert count(metrics, "mutated") == 1
 
 
 def test_registered_handler_is_a_coroutine_function(registry: PolicyView) -> None:
