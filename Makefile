@@ -53,13 +53,13 @@ host-deps: ## the real node's containerd and runc (Debian packages; installs the
 	bash tests/cluster/host-deps.sh
 
 cluster-up: $(STAMP) cluster-build host-deps ## start a local cluster on 127.0.0.1 (with a real node when possible)
-	$(PY) tests/cluster/controlplane.py up --dir .cluster
+	$(PY) -m tests.cluster.controlplane up --dir .cluster
 
 cluster-down: $(STAMP) ## stop the local control plane and clean up (safe to repeat)
-	$(PY) tests/cluster/controlplane.py down --dir .cluster
+	$(PY) -m tests.cluster.controlplane down --dir .cluster
 
 demo: $(STAMP) cluster-build host-deps ## cluster + operator + example workload + the proof; KEEP=1 keeps it running
-	$(PY) examples/demo.py
+	$(PY) -m examples.demo
 
 proof-chart: $(STAMP) ## redraw docs/proof-memory.png from docs/proof-samples.json
 	$(PY) docs/proof_chart.py docs/proof-samples.json docs/proof-memory.png

@@ -75,9 +75,6 @@ from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "crds"
-for _extra in (REPO / "tests" / "cluster", REPO / "tests" / "e2e"):
-    if str(_extra) not in sys.path:
-        sys.path.insert(0, str(_extra))
 
 POLICY_NAME = "bench-webhook"
 BENCH_LABEL = "gomemlimit.io/bench"
@@ -535,7 +532,7 @@ class Bench:
     # -- the operator ---------------------------------------------------------------------------
 
     def start_operator(self) -> None:
-        from operator_harness import OperatorProcess
+        from tests.e2e.operator_harness import OperatorProcess
 
         self.operator_starts += 1
         log = self.work / f"operator-{self.operator_starts}.log"
@@ -1083,7 +1080,7 @@ def summary(results: list[PhaseResult]) -> None:
 
 @contextlib.contextmanager
 def control_plane(work: Path) -> Iterator[Any]:
-    from controlplane import ControlPlane, ensure_built
+    from tests.cluster.controlplane import ControlPlane, ensure_built
 
     ensure_built()
     cluster = ControlPlane(work / "cluster")

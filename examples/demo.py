@@ -29,11 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "cluster"))
-
-from controlplane import ControlPlane, ensure_built  # noqa: E402 (imported by path)
-from proof import (  # noqa: E402
+from tests.cluster.controlplane import ControlPlane, ensure_built
+from tests.cluster.goworkload import build_goworkload_image
+from tests.cluster.proof import (
     LIMIT,
     MemorySampler,
     container_env,
@@ -42,10 +40,9 @@ from proof import (  # noqa: E402
     terminated,
     workload_pod,
 )
-from realnode import RealNode  # noqa: E402
+from tests.cluster.realnode import RealNode
 
-from goworkload import build_goworkload_image  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = REPO / ".cluster"
 NAMESPACE = "demo"
 PROOF_NAMESPACE = "demo-proof"

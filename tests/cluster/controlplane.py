@@ -7,13 +7,13 @@ start. The binaries come from ``tests/cluster/build.sh`` (versions in ``versions
 
 As a script::
 
-    python tests/cluster/controlplane.py up --dir .cluster     # prints `export KUBECONFIG=...`
-    python tests/cluster/controlplane.py status --dir .cluster
-    python tests/cluster/controlplane.py down --dir .cluster
+    python -m tests.cluster.controlplane up --dir .cluster     # prints `export KUBECONFIG=...`
+    python -m tests.cluster.controlplane status --dir .cluster
+    python -m tests.cluster.controlplane down --dir .cluster
 
-As a library (this file is not in a package; put ``tests/cluster`` on ``sys.path``)::
+(from the repository root). As a library::
 
-    from controlplane import ControlPlane, ensure_built
+    from tests.cluster.controlplane import ControlPlane, ensure_built
 
     with ControlPlane(tmp_dir) as cp:          # builds on first use, starts, waits for Ready
         cp.kubectl("get", "nodes")
@@ -57,8 +57,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import realnode  # same directory; this file is not in a package
+from . import realnode
 
 HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.env"
@@ -707,7 +706,8 @@ class ControlPlane:
                 if self.is_running():
                     raise ControlPlaneError(
                         f"a control plane is already running in {self.state_dir}; "
-                        f"stop it first (controlplane.py down --dir {self.state_dir})"
+                        "stop it first (python -m tests.cluster.controlplane down "
+                        f"--dir {self.state_dir})"
                     )
                 self._stop_processes()
             binaries = self.binaries

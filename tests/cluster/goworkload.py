@@ -1,6 +1,6 @@
 """Build the Go workload (tests/goworkload) into an image for the real node.
 
-from goworkload import build_goworkload_image
+from tests.cluster.goworkload import build_goworkload_image
 image = build_goworkload_image(work_dir)      # static binary + docker-archive
 node.import_image(image.path)                  # then pods use image.ref, pullPolicy Never
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from images import BuiltImage, ImageFile, build_image, go_build
+from .images import BuiltImage, ImageFile, build_image, go_build
 
 REPO = Path(__file__).resolve().parents[2]
 GOWORKLOAD_DIR = REPO / "tests" / "goworkload"

@@ -3,7 +3,7 @@
 No registry is reachable from the local cluster, so images are built here, from files (static
 Go binaries first), and imported straight into the real node's containerd::
 
-    from images import ImageFile, build_image, go_build, import_image
+    from tests.cluster.images import ImageFile, build_image, go_build, import_image
 
     binary = go_build(REPO / "tests" / "goworkload", tmp / "goworkload")
     image = build_image(

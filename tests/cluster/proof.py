@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from images import BuiltImage
-from realnode import RealNode, placement
+from .images import BuiltImage
+from .realnode import RealNode, placement
 
 __all__ = [
     "LIMIT",

@@ -440,12 +440,12 @@ disabled_plugins = [
         return self.ctr("version", timeout=5).returncode == 0
 
     def import_image(self, archive: Path) -> str:
-        from images import import_image
+        from .images import import_image
 
         return import_image(archive, ctr=self.ctr_path, address=self.containerd_sock)
 
     def build_pause_image(self) -> Path:
-        from images import ImageFile, build_image, go_build
+        from .images import ImageFile, build_image, go_build
 
         binary = go_build(PAUSE_SRC, self.dir / "build" / "pause")
         image = build_image(

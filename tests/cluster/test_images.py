@@ -8,15 +8,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from images import ImageError, ImageFile, build_image, layer_tar
+from tests.cluster.images import ImageError, ImageFile, build_image, layer_tar
 
 
 def members(data: bytes) -> dict[str, tarfile.TarInfo]:

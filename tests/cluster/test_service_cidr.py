@@ -5,12 +5,9 @@ leave this machine."""
 from __future__ import annotations
 
 import ipaddress
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import controlplane
+from tests.cluster import controlplane
 
 
 def test_service_cidr_is_in_loopback() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,19 +23,16 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-E2E_DIR = Path(__file__).resolve().parent
-CLUSTER_DIR = E2E_DIR.parent / "cluster"
-if str(CLUSTER_DIR) not in sys.path:
-    sys.path.insert(0, str(CLUSTER_DIR))
-
-from controlplane import (  # noqa: E402 (tests/cluster is not a package)
+from tests.cluster.controlplane import (
     Binaries,
     ControlPlane,
     ControlPlaneError,
     ensure_built,
 )
-from images import BuiltImage  # noqa: E402
-from realnode import RealNode, ci_requires_real_node  # noqa: E402
+from tests.cluster.images import BuiltImage
+from tests.cluster.realnode import RealNode, ci_requires_real_node
+
+E2E_DIR = Path(__file__).resolve().parent
 
 REUSE_KUBECONFIG_ENV = "GOMEMLIMIT_E2E_KUBECONFIG"
 _BUILD_RESULT = pytest.StashKey[Binaries | BaseException]()
@@ -197,7 +193,7 @@ def real_node(cluster: ControlPlane) -> RealNode:
 def goworkload_image(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     """tests/goworkload built static, packed by tests/cluster/images.py and imported into the
     real node's containerd; pods use ``image.ref`` with ``imagePullPolicy: Never``."""
-    from goworkload import build_goworkload_image
+    from tests.cluster.goworkload import build_goworkload_image
 
     image = build_goworkload_image(tmp_path_factory.mktemp("goworkload"))
     real_node.import_image(image.path)

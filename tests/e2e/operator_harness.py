@@ -1,6 +1,7 @@
 """Run the real operator process against the local control plane, for end-to-end tests.
 
-Fixtures (import them into a test module: ``from operator_harness import operator_process``):
+Fixtures (import them into a test module:
+``from tests.e2e.operator_harness import operator_process``):
 
 * ``crds`` (session): applies ``crds/`` once and waits until they are Established.
 * ``operator_service`` (session): one ``python -m gomemlimit_operator.runtime.app --dev``

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controlplane import ControlPlane, KubectlError
 from kubernetes import client
+
+from tests.cluster.controlplane import ControlPlane, KubectlError
 
 DEPLOYMENT = """
 apiVersion: apps/v1

@@ -12,8 +12,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from controlplane import ControlPlane
-from operator_harness import (
+from tests.cluster.controlplane import ControlPlane
+from tests.e2e.operator_harness import (
     OperatorProcess,
     apply,
     cluster_policies,

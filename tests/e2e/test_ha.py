@@ -21,8 +21,13 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from controlplane import ControlPlane
-from operator_harness import (
+
+from gomemlimit_operator.runtime.certs import generate, write_files
+from gomemlimit_operator.runtime.leader import LEASE_NAME
+from gomemlimit_operator.runtime.status_writer import FIELD_MANAGER
+from gomemlimit_operator.runtime.webhook import WEBHOOK_PATH
+from tests.cluster.controlplane import ControlPlane
+from tests.e2e.operator_harness import (
     OperatorProcess,
     apply,
     crds,
@@ -33,11 +38,6 @@ from operator_harness import (
     wait_ready,
     wait_until,
 )
-
-from gomemlimit_operator.runtime.certs import generate, write_files
-from gomemlimit_operator.runtime.leader import LEASE_NAME
-from gomemlimit_operator.runtime.status_writer import FIELD_MANAGER
-from gomemlimit_operator.runtime.webhook import WEBHOOK_PATH
 
 __all__ = ["crds", "operator_service"]
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from controlplane import ControlPlane
-from operator_harness import (
+
+from tests.cluster.controlplane import ControlPlane
+from tests.e2e.operator_harness import (
     OperatorProcess,
     cluster_policies,
     crds,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,8 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane, KubectlError
-from operator_harness import (
+
+from gomemlimit_operator.core.engine import ANNOTATION_POLICY
+from tests.cluster.controlplane import ControlPlane, KubectlError
+from tests.e2e.operator_harness import (
     OperatorProcess,
     apply,
     cluster_policies,
@@ -27,11 +28,7 @@ from operator_harness import (
     wait_ready,
     wait_until,
 )
-
-from gomemlimit_operator.core.engine import ANNOTATION_POLICY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from unit_helpers import INVALID_POLICY_SPECS  # one list for the models and the CRD
+from tests.unit.unit_helpers import INVALID_POLICY_SPECS  # one list for the models and the CRD
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

@@ -22,19 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controlplane import SERVICE_CIDR, ControlPlane
-from images import BuiltImage
-from operator_harness import (
-    OperatorProcess,
-    crds,
-    get,
-    operator_process,
-    operator_service,
-    policy_yaml,
-    wait_ready,
-    wait_until,
-)
-from proof import (
+
+from tests.cluster.controlplane import SERVICE_CIDR, ControlPlane
+from tests.cluster.images import BuiltImage
+from tests.cluster.proof import (
     CHURN_MIB_PER_SEC,
     DURATION,
     LIMIT_BYTES,
@@ -49,7 +40,17 @@ from proof import (
     terminated,
     workload_pod,
 )
-from realnode import RealNode
+from tests.cluster.realnode import RealNode
+from tests.e2e.operator_harness import (
+    OperatorProcess,
+    crds,
+    get,
+    operator_process,
+    operator_service,
+    policy_yaml,
+    wait_ready,
+    wait_until,
+)
 
 __all__ = ["crds", "operator_process", "operator_service"]
 

@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane, KubectlError
-from operator_harness import (
+
+from gomemlimit_operator.core.engine import ANNOTATION_INJECTED, ANNOTATION_POLICY
+from gomemlimit_operator.runtime.certs import generate, write_files
+from tests.cluster.controlplane import ControlPlane, KubectlError
+from tests.e2e.operator_harness import (
     OperatorProcess,
     apply,
     cluster_policies,
@@ -32,9 +35,6 @@ from operator_harness import (
     wait_ready,
     wait_until,
 )
-
-from gomemlimit_operator.core.engine import ANNOTATION_INJECTED, ANNOTATION_POLICY
-from gomemlimit_operator.runtime.certs import generate, write_files
 
 __all__ = ["cluster_policies", "crds", "operator_process", "operator_service"]
 
