@@ -22,10 +22,10 @@ from typing import Any
 import jsonpatch
 import pytest
 
+from gomemlimit_operator.core.api import WEBHOOK_PATH
 from gomemlimit_operator.runtime.certs import generate, write_files
 from gomemlimit_operator.runtime.leader import LEASE_NAME
 from gomemlimit_operator.runtime.status_writer import FIELD_MANAGER
-from gomemlimit_operator.runtime.webhook import WEBHOOK_PATH
 from tests.cluster.controlplane import ControlPlane
 from tests.e2e.operator_harness import (
     OperatorProcess,
