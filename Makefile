@@ -31,8 +31,13 @@ fmt: $(STAMP) ## format and autofix
 	$(VENV)/bin/ruff format operator tests bench
 	$(VENV)/bin/ruff check --fix operator tests bench
 
-generate: $(STAMP) ## regenerate CRDs and docs from the pydantic models
+HELM := $(CACHE)/bin/helm-$(HELM_VERSION)/helm
+
+generate: $(STAMP) ## regenerate CRDs, docs, the chart's generated files and deploy/
 	$(PY) -m gomemlimit_operator.install.crds --write
+	$(PY) -m gomemlimit_operator.install.chart --write
+	test -x $(HELM) || bash tests/cluster/build.sh
+	$(PY) -m gomemlimit_operator.install.manifests --helm $(HELM) --write
 
 test: $(STAMP) cluster-build host-deps ## everything: unit, property, Go-runtime and end-to-end tests
 	PATH="$(TOOLS_PATH)" $(PY) -m pytest tests
