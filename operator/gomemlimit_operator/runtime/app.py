@@ -13,7 +13,9 @@ place, and nothing reaches back into it (the dependency is one-way: app -> parts
   to every metrics object (admission, watcher, event loop) and to the ``/metrics`` server;
 * the background tasks: the policy LIST/resync, the status writer, the leader election
   campaign, the pod watcher's housekeeping and start-up barrier, the event-loop monitor, and
-  with ``--dev`` the :class:`~.dev.DevMode` registration and probe.
+  with ``--dev`` the :class:`~.dev.DevMode` registration and probe, or with
+  ``--manage-certificates`` the :class:`~.certificate_manager.CertificateManager`'s checks
+  (its first pass runs before the webhook serves).
 
 :func:`run` adds kopf's ``WebhookServer`` (explicit host, port and certificate files, which it
 reloads when they change; never kopf's managed webhook mode), the ``/healthz`` and
@@ -59,6 +61,13 @@ from gomemlimit_operator.core.records import PodStore
 from gomemlimit_operator.runtime import policy_reconciler, watcher
 from gomemlimit_operator.runtime import webhook as webhook_module
 from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
+from gomemlimit_operator.runtime.certificate_manager import (
+    READY_CERTIFICATES,
+    CertificateManager,
+    CertificateMetrics,
+    CertificatePolicy,
+    KubernetesCertificateApi,
+)
 from gomemlimit_operator.runtime.compliance_metrics import WatcherCollector, register_collector
 from gomemlimit_operator.runtime.config import ConfigError, OperatorConfig, parse_config
 from gomemlimit_operator.runtime.dev import (
@@ -367,6 +376,15 @@ class Components:
     reporting: Reporting
     """Its elector is logged at start and releases the Lease at shutdown."""
     dev: DevMode | None
+    certificates: CertificateManager | None = None
+    """With --manage-certificates: its first pass must finish before the webhook serves."""
+
+    @property
+    def file_check_interval(self) -> float:
+        """How often the webhook server re-reads its certificate files."""
+        if self.certificates is not None:
+            return self.certificates.policy.file_check_interval
+        return 10.0
 
 
 def build_components(
@@ -409,10 +427,18 @@ def build_components(
         "ensure_namespace": policy_reconciler.namespace_ensurer(reconciler, lister),
     }
     dev: DevMode | None = None
+    certificates: CertificateManager | None = None
     pod_webhook: PodWebhook
-    if config.dev:
+    ca_bundle: bytes | None
+    if config.manage_certificates:
+        certificates = build_certificate_manager(config, api_client, cert_dir, metrics_registry)
+        certificates.on_ready = lambda ready: readiness.set(READY_CERTIFICATES, ready)
+        readiness.add(READY_CERTIFICATES)
+        cert_file, key_file, ca_bundle = certificates.cert_file, certificates.key_file, None
+        pod_webhook = PodWebhook(registry, **webhook_arguments)
+    elif config.dev:
         cert_file, key_file, ca_pem = dev_certificates(config, cert_dir)
-        ca_bundle: bytes | None = ca_pem
+        ca_bundle = ca_pem
         probe = DevProbe()
         pod_webhook = ProbeAnsweringWebhook(registry, probe=probe, **webhook_arguments)
         dev = DevMode(config, api_client, ca_pem, probe)
@@ -436,6 +462,8 @@ def build_components(
     if dev is not None:
         dev_mode = dev
         background.append(lambda: dev_mode.run(serving, lambda: readiness.set(READY_DEV)))
+    if certificates is not None:
+        background.append(certificates.run)
     assert_pods_read_only(kopf_registry)
     assert_watch_only(kopf_registry)
     return Components(
@@ -450,6 +478,36 @@ def build_components(
         background=tuple(background),
         reporting=reporting,
         dev=dev,
+        certificates=certificates,
+    )
+
+
+def build_certificate_manager(
+    config: OperatorConfig,
+    api_client: Any,
+    cert_dir: Path,
+    metrics_registry: CollectorRegistry,
+) -> CertificateManager:
+    """--manage-certificates: the Secret, the webhook configuration and the files."""
+    assert config.certificate_secret is not None
+    assert config.webhook_configuration_name is not None
+    assert config.service_name is not None
+    policy = CertificatePolicy.for_service(
+        config.service_name,
+        config.namespace,
+        extra_hosts=config.certificate_extra_sans,
+        serving_validity=config.certificate_validity,
+        ca_validity=config.ca_validity,
+    )
+    api = KubernetesCertificateApi(
+        api_client, config.namespace, config.certificate_secret, config.webhook_configuration_name
+    )
+    return CertificateManager(
+        api,
+        policy,
+        cert_dir,
+        metrics=CertificateMetrics(metrics_registry),
+        description=f"Secret {config.namespace}/{config.certificate_secret}",
     )
 
 
@@ -474,8 +532,14 @@ async def run(config: OperatorConfig) -> int:
     # Until kopf installs its own signal handlers, remember a signal and re-send it from a
     # startup handler (kopf's stop_flag= would leave a task behind that delays the exit by 5s).
     early_signals: list[int] = []
+    signalled = asyncio.Event()
+
+    def early_signal(signum: int) -> None:
+        early_signals.append(signum)
+        signalled.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, early_signals.append, signum)
+        loop.add_signal_handler(signum, early_signal, signum)
 
     try:
         kube_configuration = await asyncio.to_thread(load_kube_configuration, config.kubeconfig)
@@ -485,7 +549,8 @@ async def run(config: OperatorConfig) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gomemlimit-operator-") as temp:
         metrics_registry = new_metrics_registry()
-        components = build_components(config, kube_configuration, Path(temp), metrics_registry)
+        cert_dir = config.cert_dir or Path(temp)
+        components = build_components(config, kube_configuration, cert_dir, metrics_registry)
 
         @kopf.on.startup(registry=components.kopf_registry)
         async def resend_early_signals(**_: Any) -> None:
@@ -506,7 +571,7 @@ async def run(config: OperatorConfig) -> int:
             certfile=str(components.cert_file),
             pkeyfile=str(components.key_file),
             cadata=components.ca_bundle,
-            file_check_interval=10.0,
+            file_check_interval=components.file_check_interval,
         )
         settings = build_settings(config, server)
         health = HealthServer(components.readiness, config.bind_host, config.health_port)
@@ -514,6 +579,10 @@ async def run(config: OperatorConfig) -> int:
         try:
             with metrics_server(config.bind_host, config.metrics_port, metrics_registry):
                 await health.start()
+                if components.certificates is not None and not await _first(
+                    components.certificates.start(), signalled
+                ):
+                    return 0  # stopped before the certificate was in place
                 tasks = [asyncio.create_task(factory()) for factory in components.background]
                 logger.info(
                     "gomemlimit-operator %s: webhook :%d, metrics :%d, health :%d on %s%s.",
@@ -561,6 +630,23 @@ async def run(config: OperatorConfig) -> int:
             components.api_client.close()
     logger.info("Stopped.")
     return 0
+
+
+async def _first(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` until it returns (True) or ``stop`` is set (False, ``work`` cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def configure_logging(config: OperatorConfig) -> None:

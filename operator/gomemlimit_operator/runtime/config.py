@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import logging
 import os
 import re
@@ -124,6 +125,12 @@ def _object_name(text: str) -> str:
 def _identity(text: str) -> str:
     if not text or len(text) > 128 or any(not c.isprintable() or c.isspace() for c in text):
         raise ValueError(f"{text!r} is not an identity (1 to 128 printable characters, no spaces)")
+    return text
+
+
+def _san(text: str) -> str:
+    if not text or len(text) > 253 or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"{text!r} is not a host name or IP address")
     return text
 
 
@@ -249,6 +256,70 @@ class OperatorConfig:
         flag="--webhook-timeout",
         metavar="SECONDS",
     )
+    manage_certificates: bool = _setting(
+        False,
+        "keep a CA and a serving certificate in --certificate-secret, rotate them before they "
+        "expire and keep the caBundle of --webhook-configuration-name equal to the CA",
+        _bool,
+        action="store_true",
+    )
+    certificate_secret: str | None = _setting(
+        None,
+        "with --manage-certificates: the Secret in --namespace that holds ca.crt, ca.key, "
+        "tls.crt and tls.key (created empty by the install; never created by the operator)",
+        _object_name,
+        metavar="NAME",
+    )
+    webhook_configuration_name: str | None = _setting(
+        None,
+        "with --manage-certificates: the MutatingWebhookConfiguration whose caBundle is kept "
+        "equal to the CA",
+        _object_name,
+        metavar="NAME",
+    )
+    service_name: str | None = _setting(
+        None,
+        "with --manage-certificates: the webhook's Service; the certificate is for "
+        "<svc>, <svc>.<ns>, <svc>.<ns>.svc and <svc>.<ns>.svc.cluster.local",
+        _namespace_name,
+        metavar="NAME",
+    )
+    certificate_extra_sans: tuple[str, ...] = _setting(
+        (),
+        "with --manage-certificates: more names or IP addresses for the serving certificate "
+        "(repeatable; for URL webhook configurations)",
+        _san,
+        flag="--certificate-extra-san",
+        metavar="HOST[,HOST...]",
+        action="append",
+    )
+    cert_dir: Path | None = _setting(  # noqa: RUF009
+        None,
+        "with --manage-certificates: where tls.crt and tls.key are written for the webhook "
+        "server (default: a private temporary directory)",
+        Path,
+        metavar="DIR",
+    )
+    ca_validity_days: int = _setting(
+        3650,
+        "with --manage-certificates: lifetime of a new CA, 1..36500 days (default {default})",
+        _whole_number(1, 36500, "a whole number of days", "outside 1..36500 days"),
+        metavar="DAYS",
+    )
+    certificate_validity_hours: int = _setting(
+        8760,
+        "with --manage-certificates: lifetime of a serving certificate, 1..876000 hours "
+        "(default {default}, one year)",
+        _whole_number(1, 876000, "a whole number of hours", "outside 1..876000 hours"),
+        metavar="HOURS",
+    )
+    certificate_validity_seconds: int | None = _setting(
+        None,
+        "for tests: the serving certificate's lifetime in seconds, 10..31536000; "
+        "overrides --certificate-validity-hours",
+        _whole_number(10, 31536000, "a whole number of seconds", "outside 10..31536000 seconds"),
+        metavar="SECONDS",
+    )
     log_level: str = _setting(
         "info", f"one of {', '.join(LOG_LEVELS)} (default {{default}})", _log_level
     )
@@ -296,6 +367,17 @@ class OperatorConfig:
         _whole_number(2, 300, "a whole number of seconds", "outside 2..300 seconds"),
         metavar="SECONDS",
     )
+
+    @property
+    def certificate_validity(self) -> datetime.timedelta:
+        """The serving certificate's lifetime with --manage-certificates."""
+        if self.certificate_validity_seconds is not None:
+            return datetime.timedelta(seconds=self.certificate_validity_seconds)
+        return datetime.timedelta(hours=self.certificate_validity_hours)
+
+    @property
+    def ca_validity(self) -> datetime.timedelta:
+        return datetime.timedelta(days=self.ca_validity_days)
 
     @property
     def clusterwide(self) -> bool:
@@ -411,6 +493,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> O
         {*ALWAYS_EXEMPT, namespace, *given.get("exempt_namespaces", ())}
     )
     values["watch_namespaces"] = tuple(dict.fromkeys(given.get("watch_namespaces", ())))
+    values["certificate_extra_sans"] = tuple(dict.fromkeys(given.get("certificate_extra_sans", ())))
     if "leader_election_namespace" not in given:
         values["leader_election_namespace"] = DEV_LEASE_NAMESPACE if values["dev"] else namespace
 
@@ -432,14 +515,28 @@ def _check(config: OperatorConfig) -> None:
         seen[port] = flag
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         raise ConfigError("--tls-cert-file and --tls-key-file go together; give both or neither")
+    if config.manage_certificates:
+        _check_managed_certificates(config)
+    else:
+        for flag, value in (
+            ("--certificate-secret", config.certificate_secret),
+            ("--webhook-configuration-name", config.webhook_configuration_name),
+            ("--service-name", config.service_name),
+            ("--cert-dir", config.cert_dir),
+        ):
+            if value is not None:
+                raise ConfigError(f"{flag} needs --manage-certificates")
+        if config.certificate_extra_sans:
+            raise ConfigError("--certificate-extra-san needs --manage-certificates")
     if config.dev and config.tls_cert_file is not None:
         raise ConfigError(
             "--dev generates its own certificate; drop --tls-cert-file/--tls-key-file"
         )
-    if not config.dev and config.tls_cert_file is None:
+    if not config.dev and not config.manage_certificates and config.tls_cert_file is None:
         raise ConfigError(
             "the webhook needs a certificate: give --tls-cert-file and --tls-key-file "
-            f"(or {ENV_PREFIX}TLS_CERT_FILE/TLS_KEY_FILE), or run with --dev on a local cluster"
+            f"(or {ENV_PREFIX}TLS_CERT_FILE/TLS_KEY_FILE), or --manage-certificates, or run "
+            "with --dev on a local cluster"
         )
     for flag, path in (
         ("--tls-cert-file", config.tls_cert_file),
@@ -449,3 +546,29 @@ def _check(config: OperatorConfig) -> None:
             raise ConfigError(f"{flag}: {str(path)!r} is not a readable file")
     if config.kubeconfig is not None and not config.kubeconfig.is_file():
         raise ConfigError(f"--kubeconfig: {str(config.kubeconfig)!r} is not a readable file")
+
+
+def _check_managed_certificates(config: OperatorConfig) -> None:
+    if config.dev:
+        raise ConfigError(
+            "--manage-certificates and --dev exclude each other: --dev makes its own "
+            "certificate and webhook configuration"
+        )
+    if config.tls_cert_file is not None:
+        raise ConfigError(
+            "--manage-certificates makes its own certificate; drop --tls-cert-file/--tls-key-file"
+        )
+    for flag, value in (
+        ("--certificate-secret", config.certificate_secret),
+        ("--webhook-configuration-name", config.webhook_configuration_name),
+        ("--service-name", config.service_name),
+    ):
+        if value is None:
+            raise ConfigError(f"--manage-certificates needs {flag}")
+    if config.ca_validity < config.certificate_validity:
+        raise ConfigError(
+            f"--ca-validity-days ({config.ca_validity_days}) must be at least the serving "
+            "certificate's validity: a certificate never outlives the CA that signs it"
+        )
+    if config.cert_dir is not None and config.cert_dir.exists() and not config.cert_dir.is_dir():
+        raise ConfigError(f"--cert-dir: {str(config.cert_dir)!r} is not a directory")

@@ -267,3 +267,93 @@ def test_flags_and_variables_are_the_documented_ones() -> None:
 def test_bad_variables_name_themselves(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^{variable}: "):
         parse_config(["--dev"], env={variable: value})
+
+
+MANAGED = [
+    "--manage-certificates",
+    "--certificate-secret",
+    "gomemlimit-operator-certs",
+    "--webhook-configuration-name",
+    "gomemlimit-operator",
+    "--service-name",
+    "gomemlimit-operator",
+]
+
+
+def test_managed_certificates_defaults_and_flags(tmp_path: Path) -> None:
+    config = parse_config(MANAGED, env={"POD_NAMESPACE": "ops"})
+    assert config.manage_certificates
+    assert not config.dev
+    assert config.tls_cert_file is None
+    assert config.certificate_secret == "gomemlimit-operator-certs"
+    assert config.webhook_configuration_name == "gomemlimit-operator"
+    assert config.service_name == "gomemlimit-operator"
+    assert config.cert_dir is None
+    assert config.ca_validity_days == 3650
+    assert config.certificate_validity_hours == 8760
+    assert config.certificate_validity.days == 365
+    assert config.certificate_extra_sans == ()
+    config = parse_config(
+        [
+            *MANAGED,
+            "--cert-dir",
+            str(tmp_path),
+            "--certificate-validity-seconds",
+            "20",
+            "--certificate-extra-san",
+            "127.0.0.1,localhost",
+            "--certificate-extra-san",
+            "localhost",
+        ],
+        env={"GOMEMLIMIT_OPERATOR_CA_VALIDITY_DAYS": "1"},
+    )
+    assert config.cert_dir == tmp_path
+    assert config.certificate_validity.total_seconds() == 20
+    assert config.ca_validity.days == 1
+    assert config.certificate_extra_sans == ("127.0.0.1", "localhost")
+    env = {
+        "GOMEMLIMIT_OPERATOR_MANAGE_CERTIFICATES": "true",
+        "GOMEMLIMIT_OPERATOR_CERTIFICATE_SECRET": "s",
+        "GOMEMLIMIT_OPERATOR_WEBHOOK_CONFIGURATION_NAME": "w",
+        "GOMEMLIMIT_OPERATOR_SERVICE_NAME": "svc",
+        "GOMEMLIMIT_OPERATOR_CERTIFICATE_EXTRA_SANS": "a.example,10.0.0.1",
+    }
+    config = parse_config([], env=env)
+    assert (config.certificate_secret, config.service_name) == ("s", "svc")
+    assert config.certificate_extra_sans == ("a.example", "10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dev"], "--manage-certificates and --dev exclude each other"),
+        ([], None),  # filled with --tls-* below
+        (["--certificate-validity-hours", "100000"], "--ca-validity-days"),
+        (["--certificate-validity-seconds", "5"], "--certificate-validity-seconds"),
+        (["--ca-validity-days", "0"], "--ca-validity-days"),
+        (["--certificate-extra-san", "a b"], "--certificate-extra-san"),
+    ],
+)
+def test_managed_certificate_rules(argv: list[str], message: str | None, tls: list[str]) -> None:
+    if message is None:
+        argv, message = tls, "drop --tls-cert-file"
+    with pytest.raises(ConfigError, match=message):
+        parse_config([*MANAGED, *argv], env={})
+
+
+@pytest.mark.parametrize(
+    "missing", ["--certificate-secret", "--webhook-configuration-name", "--service-name"]
+)
+def test_managed_certificates_need_their_names(missing: str) -> None:
+    argv = list(MANAGED)
+    index = argv.index(missing)
+    del argv[index : index + 2]
+    with pytest.raises(ConfigError, match=f"needs {missing}"):
+        parse_config(argv, env={})
+
+
+def test_certificate_flags_need_the_mode(tls: list[str]) -> None:
+    with pytest.raises(ConfigError, match="--certificate-secret needs --manage-certificates"):
+        parse_config([*tls, "--certificate-secret", "s"], env={})
+    with pytest.raises(ConfigError, match="--certificate-extra-san needs"):
+        parse_config(["--dev", "--certificate-extra-san", "localhost"], env={})
