@@ -9,7 +9,7 @@ include tests/cluster/versions.env
 CACHE := $(or $(GOMEMLIMIT_CACHE),$(HOME)/.cache/gomemlimit-operator)
 TOOLS_PATH := $(CACHE)/bin/prometheus-$(PROMETHEUS_VERSION):$(PATH)
 
-.PHONY: help venv lint fmt test unit e2e generate check-generated cluster-build host-deps tools cluster-up cluster-down demo proof-chart bench clean
+.PHONY: help venv lint fmt test unit e2e generate check-generated cluster-build host-deps tools image cluster-up cluster-down demo proof-chart bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ tools: ## only promtool/prometheus (cached), for the unit tests
 
 host-deps: ## the real node's containerd and runc (Debian packages; installs them as root)
 	bash tests/cluster/host-deps.sh
+
+image: $(STAMP) ## the operator's image as a docker-archive, no daemon or registry (cached; needs root the first time)
+	$(PY) -m tests.cluster.operator_image build
 
 cluster-up: $(STAMP) cluster-build host-deps ## start a local cluster on 127.0.0.1 (with a real node when possible)
 	$(PY) -m tests.cluster.controlplane up --dir .cluster

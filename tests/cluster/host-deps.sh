@@ -36,9 +36,11 @@ missing=()
 have containerd "$want_containerd" containerd --version || missing+=("containerd=$CONTAINERD_DEB_VERSION")
 have runc "$want_runc" runc --version || missing+=("runc=$RUNC_DEB_VERSION")
 command -v ctr >/dev/null 2>&1 || [[ " ${missing[*]} " == *" containerd="* ]] || missing+=("containerd=$CONTAINERD_DEB_VERSION")
+# The operator image's base root filesystem (tests/cluster/operator_image.py, `make image`).
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "host-deps: ok (containerd $want_containerd, runc $want_runc)"
+  echo "host-deps: ok (containerd $want_containerd, runc $want_runc, debootstrap)"
   exit 0
 fi
 cmd="apt-get install -y --no-install-recommends ${missing[*]}"

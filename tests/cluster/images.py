@@ -88,8 +88,13 @@ class BuiltImage:
     repository: str
     tag: str
     image_id: str  # "sha256:<config digest>"
-    layer_diff_id: str  # "sha256:<uncompressed layer digest>"
+    layer_diff_id: str  # "sha256:<uncompressed layer digest>" of the files layer (the last)
     config: Mapping[str, object] = field(repr=False)
+    tags: tuple[str, ...] = ()  # every tag in the archive; ``tag`` is the first
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return tuple(f"{self.repository}:{t}" for t in (self.tags or (self.tag,)))
 
     @property
     def ref(self) -> str:
@@ -173,17 +178,23 @@ def build_image(
     workdir: str = "/",
     labels: Mapping[str, str] | None = None,
     tag: str | None = None,
+    layers: Sequence[Path] = (),
+    tag_by_id: bool = False,
+    exposed_ports: Sequence[str] = (),
 ) -> BuiltImage:
-    """Write a one-layer docker-archive to ``output`` and describe it.
+    """Write a docker-archive to ``output`` and describe it.
 
     ``user`` is the OCI ``User`` ("65532:65532", "0", or "" for root). ``env`` is added to a
-    default ``PATH``. A ``/tmp`` (1777) is always added. ``tag`` defaults to the image ID's
-    first 12 hex digits.
+    default ``PATH`` (an ``env`` PATH replaces it). A ``/tmp`` (1777) is always added. ``tag``
+    defaults to the image ID's first 12 hex digits; with ``tag_by_id`` the archive carries
+    both. ``layers`` are ready uncompressed layer tars (a root filesystem, say), stacked below
+    the layer made from ``files``. ``exposed_ports`` are OCI ``ExposedPorts`` ("9443/tcp").
     """
     if not entrypoint:
         raise ImageError("an image needs an entrypoint")
     layer = layer_tar(files, directories={"tmp": 0o1777})
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    below = [(_file_digest(p), p) for p in layers]
     os_name, arch = go_platform()
     environment = {"PATH": "/usr/local/bin:/usr/bin:/bin", **(env or {})}
     config: dict[str, object] = {
@@ -197,30 +208,44 @@ def build_image(
             "User": user,
             "WorkingDir": workdir,
             "Labels": dict(labels or {}),
+            **({"ExposedPorts": {p: {} for p in exposed_ports}} if exposed_ports else {}),
         },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": [*(d for d, _ in below), diff_id]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "tests/cluster/images.py"}],
     }
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
     config_digest = hashlib.sha256(config_bytes).hexdigest()
-    tag = tag or config_digest[:12]
+    tags = [tag or config_digest[:12]]
+    if tag and tag_by_id and config_digest[:12] != tag:
+        tags.append(config_digest[:12])
     layer_name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
+    below_names = [f"{d.removeprefix('sha256:')}/layer.tar" for d, _ in below]
     manifest = [
         {
             "Config": f"{config_digest}.json",
-            "RepoTags": [f"{repository}:{tag}"],
-            "Layers": [layer_name],
+            "RepoTags": [f"{repository}:{t}" for t in tags],
+            "Layers": [*below_names, layer_name],
         }
     ]
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        written: set[str] = set()
+        for name, (_, path) in zip(below_names, below, strict=True):
+            if name in written:
+                continue  # the same layer twice in the stack is stored once
+            written.add(name)
+            tar.addfile(_tarinfo(name.split("/")[0], kind=tarfile.DIRTYPE, mode=0o755))
+            with path.open("rb") as stream:
+                info = _tarinfo(name, kind=tarfile.REGTYPE, mode=0o644, size=path.stat().st_size)
+                tar.addfile(info, stream)
         members = [
             (f"{config_digest}.json", config_bytes),
-            (layer_name, layer),
+            *([] if layer_name in written else [(layer_name, layer)]),
             ("manifest.json", json.dumps(manifest, separators=(",", ":")).encode()),
         ]
-        tar.addfile(_tarinfo(layer_name.split("/")[0], kind=tarfile.DIRTYPE, mode=0o755))
+        if layer_name not in written:
+            tar.addfile(_tarinfo(layer_name.split("/")[0], kind=tarfile.DIRTYPE, mode=0o755))
         for name, data in members:
             tar.addfile(
                 _tarinfo(name, kind=tarfile.REGTYPE, mode=0o644, size=len(data)), io.BytesIO(data)
@@ -229,11 +254,20 @@ def build_image(
     return BuiltImage(
         path=output,
         repository=repository,
-        tag=tag,
+        tag=tags[0],
         image_id=f"sha256:{config_digest}",
         layer_diff_id=diff_id,
         config=config,
+        tags=tuple(tags),
     )
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
 
 
 def go_build(module_dir: Path, output: Path, *, package: str = ".", timeout: float = 900.0) -> Path:
