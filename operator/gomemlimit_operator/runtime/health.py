@@ -11,13 +11,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from socketserver import ThreadingMixIn
 from typing import Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
 
 __all__ = ["HealthServer", "Readiness", "metrics_server"]
@@ -71,7 +73,9 @@ class HealthServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        # reuse_port: a second replica on a hostNetwork node can bind during a rolling
+        # update (Linux lets only the same user share the port).
+        await web.TCPSite(self._runner, self.host, self.port, reuse_port=True).start()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -100,6 +104,19 @@ class HealthServer:
         return web.Response(status=503, text="\n".join([*lines, "readyz check failed", ""]))
 
 
+class _ReusePortServer(ThreadingMixIn, WSGIServer):
+    """prometheus_client's threading WSGI server, with SO_REUSEPORT like the other two
+    servers: a second replica on a hostNetwork node can bind during a rolling update."""
+
+    daemon_threads = True
+    allow_reuse_port = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log on stderr for every scrape."""
+
+
 @contextmanager
 def metrics_server(host: str, port: int, registry: CollectorRegistry) -> Iterator[None]:
     """Serve ``registry`` on /metrics in a thread for the duration of the block.
@@ -109,7 +126,11 @@ def metrics_server(host: str, port: int, registry: CollectorRegistry) -> Iterato
     series.
     """
     disable_created_metrics()  # type: ignore[no-untyped-call]
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server = make_server(
+        host, port, make_wsgi_app(registry), _ReusePortServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     try:
         yield
     finally:
