@@ -105,7 +105,8 @@ class OperatorProcess:
 
     By default it runs with ``--dev`` (it registers its own webhook configuration). With
     ``tls=(cert, key)`` it runs as an installed replica does: that certificate, and no
-    webhook configuration of its own. ``identity`` is its Lease holder identity: a process
+    webhook configuration of its own. ``mode`` replaces both with other flags (for example
+    ``--manage-certificates ...``). ``identity`` is its Lease holder identity: a process
     restarted with the same identity takes its own lease back at once.
     """
 
@@ -117,6 +118,7 @@ class OperatorProcess:
         extra_args: Sequence[str] = (),
         webhook_name: str = DEV_WEBHOOK_NAME,
         tls: tuple[Path, Path] | None = None,
+        mode: Sequence[str] | None = None,
         identity: str | None = None,
         lease_namespace: str | None = None,
         lease_duration: int | None = None,
@@ -126,6 +128,7 @@ class OperatorProcess:
         self.extra_args = list(extra_args)
         self.webhook_name = webhook_name
         self.tls = tls
+        self.mode = None if mode is None else list(mode)
         self.identity = identity
         self.lease_namespace = lease_namespace
         self.lease_duration = lease_duration
@@ -138,7 +141,9 @@ class OperatorProcess:
         return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
-        if self.tls is None:
+        if self.mode is not None:
+            mode = list(self.mode)
+        elif self.tls is None:
             mode = ["--dev", "--dev-webhook-name", self.webhook_name]
         else:
             mode = ["--tls-cert-file", str(self.tls[0]), "--tls-key-file", str(self.tls[1])]
