@@ -339,7 +339,11 @@ def test_host_network_service_port_is_the_container_port(helm_bin: Path) -> None
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     (service,) = by_kind(docs, "Service")
     assert service["spec"]["ports"][0]["port"] == 10443
-    assert container["ports"][0] == {"name": "webhook", "containerPort": 10443, "protocol": "TCP"}
+    assert service["spec"]["ports"][0]["targetPort"] == 10443
+    # Undeclared: declared ports become host ports the scheduler reserves, and a rolling
+    # update could not place the new replica beside the old one on a node.
+    assert "ports" not in container
+    assert container["readinessProbe"]["httpGet"]["port"] == 18081  # healthPort
     assert container["args"][-1] == "--status-interval=10"
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert by_kind(docs, "PodDisruptionBudget") == []  # one replica
@@ -383,3 +387,14 @@ def test_deploy_is_the_chart_with_default_values(helm_bin: Path) -> None:
     assert "Pod" not in kinds  # no test hook
     assert "MutatingWebhookConfiguration" in kinds
     assert "Deployment" in kinds
+
+
+def test_the_lease_belongs_to_the_release(helm_bin: Path) -> None:
+    """Templated, so `helm uninstall` deletes it; named as the runtime and the RBAC name it."""
+    from gomemlimit_operator.install.rbac import LEASE_NAME
+    from gomemlimit_operator.runtime.leader import LEASE_NAME as RUNTIME_LEASE
+
+    (lease,) = by_kind(render(helm_bin), "Lease")
+    assert lease["metadata"]["name"] == LEASE_NAME == RUNTIME_LEASE
+    single = render(helm_bin, "--set=leaderElection.enabled=false", "--set=replicas=1")
+    assert by_kind(single, "Lease") == []

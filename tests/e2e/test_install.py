@@ -1,0 +1,540 @@
+"""The install, for real: the operator's image, run by the real node's kubelet from the Helm
+chart, under the chart's ServiceAccount and RBAC, called by the API server through its Service.
+
+The local cluster has no kube-proxy and no pod network, so (as the chart's ``hostNetwork``
+value is for) the operator runs in the node's network namespace and binds one address of the
+loopback service CIDR, which is also its Service's ClusterIP: the API server dials that
+ClusterIP and reaches the operator directly. ``hostNetwork`` is the one thing the
+``restricted`` Pod Security Standard refuses here (checked below); the default install, without
+it, passes ``restricted`` (tests/e2e/test_chart.py).
+
+In order: install, the webhook through the Service, a Go workload that gets its value and
+runs, least privilege, alerts and dashboard queries in a real Prometheus, an upgrade under
+load, and an uninstall that leaves nothing. Then the same round trip with ``deploy/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gomemlimit_operator.install.dashboard import queries
+from tests.cluster.controlplane import ControlPlane, KubectlError
+from tests.cluster.images import BuiltImage
+from tests.cluster.operator_image import import_operator_image
+from tests.cluster.proof import container_env, pod_log_lines, terminated, workload_pod
+from tests.cluster.realnode import RealNode, placement
+from tests.e2e.operator_harness import free_ports, get, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "gomemlimit-operator"
+DEPLOY = REPO / "deploy"
+RULES = REPO / "deploy" / "prometheus" / "alerts.yaml"
+RELEASE = "gml"
+NAMESPACE = "gomemlimit-e2e"
+CLUSTER_IP = "127.96.201.17"  # in the loopback service CIDR: the operator binds it too
+FULLNAME = f"{RELEASE}-gomemlimit-operator"
+IMAGE = "registry.invalid/app:1"  # kwok pods: never pulled
+
+
+@dataclass
+class Release:
+    cluster: ControlPlane
+    node: RealNode
+    image: BuiltImage
+    ports: dict[str, int]
+    values: list[str] = field(default_factory=list)
+
+    def helm(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+        return self.cluster.helm(*args, timeout=timeout)
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        selector = "app.kubernetes.io/name=gomemlimit-operator"
+        return list(get(self.cluster, "pods", "-n", NAMESPACE, "-l", selector)["items"])
+
+    def metrics_url(self) -> str:
+        return f"http://{CLUSTER_IP}:{self.ports['metrics']}/metrics"
+
+
+def api_server(cluster: ControlPlane) -> tuple[str, str]:
+    """(host, port) of the API server, for the pod's in-cluster config: without kube-proxy,
+    the ``kubernetes`` Service's ClusterIP leads nowhere."""
+    server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"][
+        "server"
+    ]
+    parsed = urllib.parse.urlparse(server)
+    return str(parsed.hostname), str(parsed.port)
+
+
+def helm_values(cluster: ControlPlane, image: BuiltImage, ports: dict[str, int]) -> list[str]:
+    repository, _, tag = image.ref.rpartition(":")
+    host, port = api_server(cluster)
+    scheduling = placement()
+    return [
+        f"--set=image.repository={repository}",
+        f"--set=image.tag={tag}",
+        "--set=image.pullPolicy=Never",
+        "--set=replicas=1",
+        "--set=hostNetwork=true",
+        f"--set=bindHost={CLUSTER_IP}",
+        f"--set=service.clusterIP={CLUSTER_IP}",
+        f"--set=webhook.port={ports['webhook']}",
+        f"--set=metricsPort={ports['metrics']}",
+        f"--set=healthPort={ports['health']}",
+        f"--set-json=nodeSelector={json.dumps(scheduling['nodeSelector'])}",
+        f"--set-json=tolerations={json.dumps(scheduling['tolerations'])}",
+        "--set-json=extraEnv="
+        + json.dumps(
+            [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": host},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+            ]
+        ),
+    ]
+
+
+def create_pod(cluster: ControlPlane, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"runtime": "go"}},
+        "spec": {
+            "containers": [
+                {"name": "app", "image": IMAGE, "resources": {"limits": {"memory": "512Mi"}}}
+            ],
+            **spec,
+        },
+    }
+    out = cluster.kubectl(
+        "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(manifest)
+    )
+    return dict(json.loads(out.stdout))
+
+
+def gomemlimit(pod: dict[str, Any]) -> str | None:
+    for entry in pod["spec"]["containers"][0].get("env") or []:
+        if entry["name"] == "GOMEMLIMIT":
+            value = entry.get("value")
+            return None if value is None else str(value)
+    return None
+
+
+def governed_namespace(cluster: ControlPlane, name: str) -> str:
+    cluster.kubectl("create", "namespace", name)
+    wait_until(
+        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        f"the default ServiceAccount of {name}",
+        timeout=30,
+    )
+    policy = {
+        "apiVersion": "gomemlimit.io/v1alpha1",
+        "kind": "GoMemPolicy",
+        "metadata": {"name": "go", "namespace": name},
+        "spec": {},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
+    return name
+
+
+@pytest.fixture(scope="module")
+def release(cluster: ControlPlane, real_node: RealNode) -> Iterator[Release]:
+    image = import_operator_image(real_node)
+    webhook, metrics, health = free_ports(3)
+    ports = {"webhook": webhook, "metrics": metrics, "health": health}
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    # hostNetwork is not allowed by `restricted` (nor `baseline`): enforce privileged, and warn
+    # and audit against restricted, so that what restricted would refuse is visible.
+    cluster.kubectl(
+        "label",
+        "namespace",
+        NAMESPACE,
+        "pod-security.kubernetes.io/enforce=privileged",
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/audit=restricted",
+    )
+    values = helm_values(cluster, image, ports)
+    installed = Release(cluster, real_node, image, ports, values)
+    try:
+        yield installed
+    finally:
+        cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def test_helm_install_runs_the_operator_from_its_image_on_the_real_node(
+    release: Release,
+) -> None:
+    started = time.monotonic()
+    out = release.helm(
+        "install", RELEASE, str(CHART), "-n", NAMESPACE, *release.values, "--wait",
+        "--timeout=180s",
+    )  # fmt: skip
+    print(f"helm install --wait: {time.monotonic() - started:.1f}s")
+    assert "STATUS: deployed" in out.stdout
+    [pod] = release.operator_pods()
+    assert pod["spec"]["nodeName"] == release.node.name
+    assert pod["spec"]["containers"][0]["image"] == release.image.ref
+    assert pod["spec"]["serviceAccountName"] == FULLNAME
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] is True
+    assert status["restartCount"] == 0
+    service = get(release.cluster, "service", FULLNAME, "-n", NAMESPACE)
+    assert service["spec"]["clusterIP"] == CLUSTER_IP
+    # The managed certificate: the Secret is filled and the caBundle patched by the operator.
+    secret = get(release.cluster, "secret", f"{FULLNAME}-certs", "-n", NAMESPACE)
+    assert {"ca.crt", "tls.crt", "tls.key"} <= set(secret["data"])
+    webhook = get(release.cluster, "mutatingwebhookconfiguration", FULLNAME)
+    assert webhook["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert webhook["webhooks"][0]["clientConfig"]["service"]["name"] == FULLNAME
+
+
+def test_restricted_refuses_only_host_network(release: Release) -> None:
+    """The same pod, dry-run into a namespace enforcing `restricted`: what is refused is
+    hostNetwork and what it implies, nothing else (the securityContext passes)."""
+    [pod] = release.operator_pods()
+    name = "restricted-check"
+    release.cluster.kubectl("create", "namespace", name)
+    try:
+        release.cluster.kubectl(
+            "label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted"
+        )
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "operator", "namespace": name},
+            "spec": {**pod["spec"], "nodeName": None, "serviceAccountName": "default"},
+        }
+        with pytest.raises(KubectlError) as refused:
+            release.cluster.kubectl(
+                "create", "--dry-run=server", "-f", "-", input=json.dumps(manifest)
+            )
+        message = refused.value.stderr
+        print(message)
+        marker = 'violates PodSecurity "restricted:latest": '
+        assert marker in message
+        violations = message.split(marker, 1)[1].strip()
+        # Both follow from hostNetwork: the pod's own network namespace is the node's, and the
+        # probes must name the node address the operator binds (bindHost).
+        assert violations == (
+            "host namespaces (hostNetwork=true), probe or lifecycle host "
+            f'(container "operator" uses probe or lifecycle host "{CLUSTER_IP}")'
+        )
+    finally:
+        release.cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_the_api_server_calls_the_webhook_through_the_service_and_a_go_pod_runs(
+    release: Release,
+) -> None:
+    cluster = release.cluster
+    namespace = governed_namespace(cluster, "install-go")
+    try:
+        assert gomemlimit(create_pod(cluster, namespace, "probe")) == "460MiB"
+        image = _goworkload(release)
+        pod = workload_pod(
+            "governed",
+            image,
+            limit="256Mi",
+            args=["-live-mib=100", "-churn-mib-per-sec=100", "-duration=3s"],
+        )
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+
+        def finished() -> dict[str, Any] | None:
+            obj = get(cluster, "pod", "governed", "-n", namespace)
+            return obj if terminated(obj) else None
+
+        done = wait_until(finished, "the Go workload to finish", timeout=120)
+        assert {"name": "GOMEMLIMIT", "value": "230MiB"} in container_env(done)
+        assert terminated(done)["exitCode"] == 0  # type: ignore[index]
+        reports = pod_log_lines(release.node, namespace, done)
+        assert reports
+        assert reports[-1]["memory_limit_bytes"] == 230 << 20  # what the Go runtime read
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _goworkload(release: Release) -> BuiltImage:
+    from tests.cluster.goworkload import build_goworkload_image
+
+    image = build_goworkload_image(Path(release.cluster.state_dir) / "goworkload")
+    release.node.import_image(image.path)
+    return image
+
+
+def test_the_operator_has_exactly_the_access_it_needs(release: Release) -> None:
+    sa = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+
+    def can(*args: str) -> bool:
+        out = release.cluster.kubectl("auth", "can-i", "--as", sa, *args, check=False)
+        return out.stdout.strip() == "yes"
+
+    assert can("watch", "pods", "--all-namespaces")
+    assert can("get", "namespaces")
+    assert can("patch", "gomempolicies.gomemlimit.io", "--subresource=status", "-n", "default")
+    assert can("get", f"secret/{FULLNAME}-certs", "-n", NAMESPACE)
+    for verb, what in [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("create", "pods"),
+        ("patch", "pods"),
+        ("update", "pods"),
+        ("delete", "pods"),
+        ("create", "mutatingwebhookconfigurations"),
+        ("delete", f"mutatingwebhookconfiguration/{FULLNAME}"),
+    ]:
+        assert not can(verb, what, "-n", NAMESPACE), (verb, what)
+    assert not can("get", "secrets", "-n", "kube-system")
+    assert not can("get", "secret/other", "-n", NAMESPACE)
+
+
+@contextlib.contextmanager
+def prometheus(release: Release, tmp: Path) -> Iterator[str]:
+    """A real Prometheus scraping the operator every second, with deploy/prometheus/alerts.yaml
+    whose ``for:`` durations are set to 0 (the expressions are exactly the shipped ones)."""
+    binary = next((Path(release.cluster.binaries.helm).parents[1]).glob("prometheus-*/prometheus"))
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    (tmp / "rules.yaml").write_text(yaml.safe_dump(rules))
+    (port,) = free_ports(1)
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp / "rules.yaml")],
+        "scrape_configs": [
+            {
+                "job_name": "gomemlimit-operator",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"{CLUSTER_IP}:{release.ports['metrics']}"]}],
+            }
+        ],
+    }
+    (tmp / "prometheus.yaml").write_text(yaml.safe_dump(config))
+    log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            str(binary),
+            f"--config.file={tmp / 'prometheus.yaml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(url), "Prometheus to be ready", timeout=60)
+        yield url
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+        return bool(r.status == 200)
+    return False
+
+
+def _api(url: str, path: str, **params: str) -> Any:
+    query = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{url}/api/v1/{path}?{query}", timeout=10) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def test_alerts_fire_and_every_dashboard_query_returns_data(
+    release: Release, tmp_path: Path
+) -> None:
+    cluster = release.cluster
+    namespace = governed_namespace(cluster, "install-alerts")
+    try:
+        with prometheus(release, tmp_path) as url:
+            bad = [{"name": "GOMEMLIMIT", "value": "512Mi"}]
+            downward = [
+                {
+                    "name": "GOMEMLIMIT",
+                    "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}},
+                }
+            ]
+            for name, env in (("invalid", bad), ("downward", downward)):
+                pod = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": IMAGE,
+                                "env": env,
+                                "resources": {"limits": {"memory": "512Mi"}},
+                            }
+                        ]
+                    },
+                }
+                cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+
+            def firing() -> set[str] | None:
+                alerts = _api(url, "alerts")["alerts"]
+                names = {
+                    a["labels"]["alertname"]
+                    for a in alerts
+                    if a["state"] == "firing" and a["labels"].get("namespace") == namespace
+                }
+                wanted = {"GoMemLimitInvalid", "GoMemLimitExceedsLimit"}
+                return names if wanted <= names else None
+
+            fired = wait_until(firing, "both alerts to fire", timeout=120)
+            print(f"firing for {namespace}: {sorted(fired)}")
+            # Rates need two scrapes of a counter inside their window: a few seconds.
+            for expr in queries():
+                wait_until(
+                    lambda expr=expr: _api(url, "query", query=expr)["result"] or None,
+                    f"data for the dashboard query {expr}",
+                    timeout=30,
+                )
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_helm_upgrade_admits_every_pod_with_its_value(release: Release) -> None:
+    cluster = release.cluster
+    namespace = governed_namespace(cluster, "install-upgrade")
+    failures: list[str] = []
+    created: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                created.append(create_pod(cluster, namespace, f"p{n}"))
+            except KubectlError as exc:
+                failures.append(str(exc.stderr))
+            time.sleep(0.1)
+
+    try:
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        [before] = release.operator_pods()
+        try:
+            release.helm(
+                "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, *release.values,
+                "--set=logLevel=debug", "--set=webhook.timeoutSeconds=3", "--wait",
+                "--timeout=180s",
+            )  # fmt: skip
+        except KubectlError:
+            print(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "yaml").stdout[-6000:])
+            for pod in release.operator_pods():
+                uid = pod["metadata"]["uid"]
+                logs = release.node.pod_logs_dir / f"{NAMESPACE}_{pod['metadata']['name']}_{uid}"
+                for path in sorted(logs.rglob("*.log")):
+                    print(path, path.read_text()[-4000:])
+            raise
+        wait_until(
+            lambda: (
+                [p["metadata"]["uid"] for p in release.operator_pods()]
+                != [before["metadata"]["uid"]]
+                and len(release.operator_pods()) == 1
+            ),
+            "the old operator pod to be replaced",
+            timeout=120,
+        )
+        time.sleep(2)
+        stop.set()
+        thread.join(timeout=30)
+        unmutated = [p["metadata"]["name"] for p in created if gomemlimit(p) != "460MiB"]
+        print(f"upgrade under load: {len(created)} pods created, {len(failures)} failed, "
+              f"{len(unmutated)} without a value")  # fmt: skip
+        assert len(created) > 20
+        assert failures == []
+        assert unmutated == []
+        webhook = get(cluster, "mutatingwebhookconfiguration", FULLNAME)
+        assert webhook["webhooks"][0]["timeoutSeconds"] == 3
+    finally:
+        stop.set()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _leftovers(cluster: ControlPlane, namespace: str) -> list[str]:
+    found = []
+    for kind in ("mutatingwebhookconfigurations", "clusterroles", "clusterrolebindings"):
+        names = cluster.kubectl("get", kind, "-o", "name").stdout.split()
+        found += [n for n in names if "gomemlimit" in n]
+    if cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0:
+        names = cluster.kubectl(
+            "get", "all,secrets,configmaps,roles,rolebindings,serviceaccounts,leases",
+            "-n", namespace, "-o", "name",
+        ).stdout.split()  # fmt: skip
+        found += [
+            n
+            for n in names
+            if "gomemlimit" in n and "kube-root-ca" not in n and not n.endswith("/default")
+        ]
+    return found
+
+
+def test_helm_uninstall_leaves_nothing_and_pods_are_still_created(release: Release) -> None:
+    cluster = release.cluster
+    release.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=120s")
+    wait_until(lambda: not _leftovers(cluster, NAMESPACE), "no leftovers", timeout=60)
+    namespace = governed_namespace(cluster, "install-after")
+    try:
+        assert gomemlimit(create_pod(cluster, namespace, "after")) is None
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_kubectl_apply_and_delete_of_deploy_leave_nothing(cluster: ControlPlane) -> None:
+    """`kubectl apply -f deploy/` installs the default release (its pods land on kwok nodes,
+    which run nothing: the webhook fails open), and `kubectl delete -f deploy/` removes it all."""
+    namespace = "gomemlimit-system"
+    cluster.kubectl("apply", "-f", str(DEPLOY))
+    try:
+        wait_until(
+            lambda: cluster.kubectl(
+                "get", "deployment", "gomemlimit-operator", "-n", namespace, check=False
+            ).returncode == 0,
+            "the Deployment",
+            timeout=30,
+        )  # fmt: skip
+        labels = get(cluster, "namespace", namespace)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        assert get(cluster, "mutatingwebhookconfiguration", "gomemlimit-operator")
+        scratch = governed_namespace(cluster, "deploy-check")
+        try:  # the operator cannot run on a kwok node: pods are admitted (Ignore) unmutated
+            assert gomemlimit(create_pod(cluster, scratch, "unmutated")) is None
+        finally:
+            cluster.kubectl("delete", "namespace", scratch, "--wait=false", check=False)
+    finally:
+        cluster.kubectl("delete", "-f", str(DEPLOY), "--ignore-not-found", "--wait=true",
+                        timeout=180)  # fmt: skip
+    wait_until(lambda: not _leftovers(cluster, namespace), "no leftovers of deploy/", timeout=90)
+
+
+def test_every_release_object_names_the_chart(release: Release) -> None:
+    """Kept last on purpose: nothing of the release is left for it to find."""
+    assert _leftovers(release.cluster, NAMESPACE) == []
