@@ -366,6 +366,11 @@ _SESSION_OPERATORS: dict[str, OperatorProcess] = {}
 """The one session operator per cluster, shared by every module that imports the fixture."""
 
 
+def session_operator(cluster: Any) -> OperatorProcess | None:
+    """The session's ``--dev`` operator for this cluster, if a module has started one."""
+    return _SESSION_OPERATORS.get(str(cluster.kubeconfig))
+
+
 @pytest.fixture(scope="session")
 def operator_service(
     cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory

@@ -38,7 +38,7 @@ from tests.cluster.images import BuiltImage
 from tests.cluster.operator_image import import_operator_image
 from tests.cluster.proof import container_env, pod_log_lines, terminated, workload_pod
 from tests.cluster.realnode import RealNode, placement
-from tests.e2e.operator_harness import free_ports, get, wait_until
+from tests.e2e.operator_harness import free_ports, get, session_operator, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "gomemlimit-operator"
@@ -151,7 +151,25 @@ def governed_namespace(cluster: ControlPlane, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def release(cluster: ControlPlane, real_node: RealNode) -> Iterator[Release]:
+def only_this_webhook(cluster: ControlPlane) -> Iterator[None]:
+    """The session's --dev operator (started by other modules) would mutate these pods too,
+    so that a value could come from it rather than from the install: stopped for this module
+    (it removes its webhook configuration on exit) and started again afterwards."""
+    session = session_operator(cluster)
+    was_running = session is not None and session.running
+    if session is not None and was_running:
+        session.stop()
+    try:
+        yield
+    finally:
+        if session is not None and was_running:
+            session.start()
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: ControlPlane, real_node: RealNode, only_this_webhook: None
+) -> Iterator[Release]:
     image = import_operator_image(real_node)
     webhook, metrics, health = free_ports(3)
     ports = {"webhook": webhook, "metrics": metrics, "health": health}
@@ -479,28 +497,29 @@ def test_helm_upgrade_admits_every_pod_with_its_value(release: Release) -> None:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def _leftovers(cluster: ControlPlane, namespace: str) -> list[str]:
-    found = []
-    for kind in ("mutatingwebhookconfigurations", "clusterroles", "clusterrolebindings"):
-        names = cluster.kubectl("get", kind, "-o", "name").stdout.split()
-        found += [n for n in names if "gomemlimit" in n]
+def _leftovers(cluster: ControlPlane, namespace: str, instance: str) -> list[str]:
+    """Objects of one release (label ``app.kubernetes.io/instance``) that still exist, and
+    the Lease the operator takes. Other tests' objects (the session's --dev operator keeps a
+    webhook configuration of its own) do not count."""
+    selector = f"app.kubernetes.io/instance={instance}"
+    kinds = "mutatingwebhookconfigurations,clusterroles,clusterrolebindings"
+    found = cluster.kubectl("get", kinds, "-l", selector, "-o", "name").stdout.split()
     if cluster.kubectl("get", "namespace", namespace, check=False).returncode == 0:
         names = cluster.kubectl(
             "get", "all,secrets,configmaps,roles,rolebindings,serviceaccounts,leases",
-            "-n", namespace, "-o", "name",
+            "-n", namespace, "-l", selector, "-o", "name",
         ).stdout.split()  # fmt: skip
-        found += [
-            n
-            for n in names
-            if "gomemlimit" in n and "kube-root-ca" not in n and not n.endswith("/default")
-        ]
+        found += names
+        lease = cluster.kubectl("get", "lease", "gomemlimit-operator", "-n", namespace, check=False)
+        if lease.returncode == 0:
+            found.append("lease/gomemlimit-operator")
     return found
 
 
 def test_helm_uninstall_leaves_nothing_and_pods_are_still_created(release: Release) -> None:
     cluster = release.cluster
     release.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout=120s")
-    wait_until(lambda: not _leftovers(cluster, NAMESPACE), "no leftovers", timeout=60)
+    wait_until(lambda: not _leftovers(cluster, NAMESPACE, RELEASE), "no leftovers", timeout=60)
     namespace = governed_namespace(cluster, "install-after")
     try:
         assert gomemlimit(create_pod(cluster, namespace, "after")) is None
@@ -508,7 +527,9 @@ def test_helm_uninstall_leaves_nothing_and_pods_are_still_created(release: Relea
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def test_kubectl_apply_and_delete_of_deploy_leave_nothing(cluster: ControlPlane) -> None:
+def test_kubectl_apply_and_delete_of_deploy_leave_nothing(
+    cluster: ControlPlane, only_this_webhook: None
+) -> None:
     """`kubectl apply -f deploy/` installs the default release (its pods land on kwok nodes,
     which run nothing: the webhook fails open), and `kubectl delete -f deploy/` removes it all."""
     namespace = "gomemlimit-system"
@@ -532,9 +553,20 @@ def test_kubectl_apply_and_delete_of_deploy_leave_nothing(cluster: ControlPlane)
     finally:
         cluster.kubectl("delete", "-f", str(DEPLOY), "--ignore-not-found", "--wait=true",
                         timeout=180)  # fmt: skip
-    wait_until(lambda: not _leftovers(cluster, namespace), "no leftovers of deploy/", timeout=90)
+    wait_until(
+        lambda: not _leftovers(cluster, namespace, "gomemlimit-operator"),
+        "no leftovers of deploy/",
+        timeout=90,
+    )
+    crds = cluster.kubectl("get", "crd", "-o", "name").stdout
+    assert "gomemlimit.io" not in crds  # deploy/ includes the CRDs, and deletes them
+    # Put them back for the rest of the session (other modules apply them once).
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds")
+    )
 
 
 def test_every_release_object_names_the_chart(release: Release) -> None:
     """Kept last on purpose: nothing of the release is left for it to find."""
-    assert _leftovers(release.cluster, NAMESPACE) == []
+    assert _leftovers(release.cluster, NAMESPACE, RELEASE) == []
