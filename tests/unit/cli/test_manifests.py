@@ -84,3 +84,22 @@ def test_attach_metadata_puts_new_metadata_first(tmp_path: Path) -> None:
 def test_missing_path_names_the_path() -> None:
     with pytest.raises(ManifestError, match=r"^nowhere\.yaml: no such file or directory$"):
         load_manifests(["nowhere.yaml"])
+
+
+def test_libyaml_and_the_pure_python_parser_read_the_same() -> None:
+    """The loader uses libyaml when PyYAML has it (about 5x faster on large files), and the
+    pure-Python parser otherwise: with the same resolvers, both read every manifest alike."""
+    import yaml
+
+    from gomemlimit_operator.cli import manifests
+
+    assert manifests._Loader.__mro__[1] is getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    pure = manifests._kubernetes_loader(yaml.SafeLoader)
+    files = sorted((TESTDATA / "manifests").rglob("*.y*ml"))
+    assert files
+    for path in files:
+        text = path.read_text()
+        assert list(yaml.load_all(text, Loader=pure)) == list(
+            yaml.load_all(text, Loader=manifests._Loader)
+        ), path
+    assert yaml.load("at: 2024-01-01", Loader=pure) == {"at": "2024-01-01"}  # no timestamps
