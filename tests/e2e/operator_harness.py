@@ -15,24 +15,28 @@ Plus small helpers shared by the tests: ``apply``, ``wait_until``, ``get``, ``po
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jsonpatch
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from gomemlimit_operator.core.api import PLURALS
+from gomemlimit_operator.core.api import PLURALS, WEBHOOK_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -286,6 +290,61 @@ class OperatorProcess:
 # ---------------------------------------------------------------------------------------------
 # Cluster helpers (through the pinned kubectl of the `cluster` fixture)
 # ---------------------------------------------------------------------------------------------
+
+
+def pod_review(namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An AdmissionReview as the API server sends it for a pod CREATE."""
+    obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
+    pods = {"group": "", "version": "v1", "resource": "pods"}
+    kind = {"group": "", "version": "v1", "kind": "Pod"}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": kind,
+            "resource": pods,
+            "requestKind": kind,
+            "requestResource": pods,
+            "name": obj["metadata"]["name"],
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "e2e", "groups": ["system:authenticated"]},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def admitted_gomemlimit(
+    port: int, ca_pem: bytes, namespace: str, obj: Mapping[str, Any]
+) -> str | None:
+    """POST a real AdmissionReview for ``obj`` over a new, verified TLS connection to the
+    webhook on ``port``; the GOMEMLIMIT its patch gives the first container."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request(
+            "POST",
+            WEBHOOK_PATH,
+            body=json.dumps(pod_review(namespace, obj)),
+            headers={"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        answer = json.loads(response.read())["response"]
+    finally:
+        connection.close()
+    assert answer["allowed"] is True
+    if "patch" not in answer:
+        return None
+    assert answer["patchType"] == "JSONPatch"
+    patched = jsonpatch.apply_patch(dict(obj), json.loads(base64.b64decode(answer["patch"])))
+    env = patched["spec"]["containers"][0].get("env") or []
+    values = [e["value"] for e in env if e["name"] == "GOMEMLIMIT"]
+    return values[0] if values else None
 
 
 def apply(cluster: Any, *objects: Mapping[str, Any] | str, namespace: str | None = None) -> None:

@@ -9,26 +9,21 @@ next test that needs it starts it again.
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import ssl
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonpatch
 import pytest
 
-from gomemlimit_operator.core.api import WEBHOOK_PATH
 from gomemlimit_operator.runtime.certs import generate, write_files
 from gomemlimit_operator.runtime.leader import LEASE_NAME
 from gomemlimit_operator.runtime.status_writer import FIELD_MANAGER
 from tests.cluster.controlplane import ControlPlane
 from tests.e2e.operator_harness import (
     OperatorProcess,
+    admitted_gomemlimit,
     apply,
     crds,
     free_ports,
@@ -104,59 +99,8 @@ def pod(name: str, limit: str = "1Gi") -> dict[str, Any]:
     }
 
 
-def review(namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """An AdmissionReview as the API server sends it for a pod CREATE."""
-    obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
-    pods = {"group": "", "version": "v1", "resource": "pods"}
-    kind = {"group": "", "version": "v1", "kind": "Pod"}
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": kind,
-            "resource": pods,
-            "requestKind": kind,
-            "requestResource": pods,
-            "name": obj["metadata"]["name"],
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "e2e", "groups": ["system:authenticated"]},
-            "object": obj,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
-
-
-def admitted_gomemlimit(replica: OperatorProcess, ca_pem: bytes, namespace: str) -> str | None:
-    """POST a real AdmissionReview to the replica over verified TLS; the injected value."""
-    obj = pod("probe")
-    context = ssl.create_default_context(cadata=ca_pem.decode())
-    connection = http.client.HTTPSConnection(
-        "127.0.0.1", replica.webhook_port, context=context, timeout=10
-    )
-    try:
-        connection.request(
-            "POST",
-            WEBHOOK_PATH,
-            body=json.dumps(review(namespace, obj)),
-            headers={"Content-Type": "application/json"},
-        )
-        response = connection.getresponse()
-        assert response.status == 200
-        answer = json.loads(response.read())["response"]
-    finally:
-        connection.close()
-    assert answer["allowed"] is True
-    if "patch" not in answer:
-        return None
-    assert answer["patchType"] == "JSONPatch"
-    patched = jsonpatch.apply_patch(obj, json.loads(base64.b64decode(answer["patch"])))
-    env = patched["spec"]["containers"][0].get("env") or []
-    values = [e["value"] for e in env if e["name"] == "GOMEMLIMIT"]
-    return values[0] if values else None
+def injected(replica: OperatorProcess, pair: Pair, namespace: str) -> str | None:
+    return admitted_gomemlimit(replica.webhook_port, pair.ca_pem, namespace, pod("probe"))
 
 
 def holder(cluster: ControlPlane, namespace: str) -> str | None:
@@ -184,7 +128,10 @@ def test_every_replica_serves_the_webhook_with_a_current_policy_index(
     wait_ready(cluster, "GoMemPolicy", "all", namespace)
     for replica in pair.replicas:
         wait_until(
-            lambda r=replica: admitted_gomemlimit(r, pair.ca_pem, namespace) == "512MiB",
+            lambda r=replica: (
+                admitted_gomemlimit(r.webhook_port, pair.ca_pem, namespace, pod("probe"))
+                == "512MiB"
+            ),
             f"{replica.identity}'s webhook to inject half of 1Gi",
             timeout=30,
         )
@@ -200,7 +147,10 @@ def test_every_replica_serves_the_webhook_with_a_current_policy_index(
     )
     for replica in pair.replicas:
         wait_until(
-            lambda r=replica: admitted_gomemlimit(r, pair.ca_pem, namespace) == "256MiB",
+            lambda r=replica: (
+                admitted_gomemlimit(r.webhook_port, pair.ca_pem, namespace, pod("probe"))
+                == "256MiB"
+            ),
             f"{replica.identity}'s webhook to follow the policy change",
             timeout=30,
         )

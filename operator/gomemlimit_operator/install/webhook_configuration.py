@@ -83,9 +83,11 @@ def build_webhook_configuration(
     if failure_policy not in ("Ignore", "Fail"):
         raise ValueError("failurePolicy must be Ignore or Fail")
     exempt = sorted(set(exempt_namespaces))
-    expressions: list[dict[str, Any]] = [
-        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": exempt}
-    ]
+    expressions: list[dict[str, Any]] = []
+    if exempt:  # NotIn with no values is invalid: the API server refuses it
+        expressions.append(
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": exempt}
+        )
     only = sorted(set(only_namespaces) - set(exempt))
     if set(only_namespaces):
         if not only:

@@ -47,7 +47,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +163,9 @@ def connection_info(configuration: Any) -> kopf.ConnectionInfo:
 # -------------------------------------------------------------------------------------------
 
 
-def build_settings(config: OperatorConfig, server: kopf.WebhookServer) -> kopf.OperatorSettings:
+def build_settings(
+    config: OperatorConfig, server: kopf.WebhookServer | None
+) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.posting.enabled = True  # Warning events on invalid policies
     settings.posting.level = logging.INFO
@@ -177,7 +179,7 @@ def build_settings(config: OperatorConfig, server: kopf.WebhookServer) -> kopf.O
     settings.watching.chunk_size = 500
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
-    settings.admission.server = server
+    settings.admission.server = server  # None with --components watcher: kopf serves none
     settings.admission.managed = None  # never: the install declares the configuration
     settings.peering.standalone = True
     settings.execution.max_workers = 4  # all our handlers are async; kopf's own needs few
@@ -366,25 +368,14 @@ class Components:
     api_client: Any
     kopf_registry: kopf.OperatorRegistry
     readiness: Readiness
-    pod_webhook: PodWebhook
-    cert_file: Path
-    key_file: Path
-    ca_bundle: bytes | None
+    webhook: WebhookParts | None
+    """None with --components watcher: no webhook is served."""
     serving: asyncio.Event
     """Set each time the webhook server starts serving."""
     background: tuple[BackgroundTask, ...]
-    reporting: Reporting
-    """Its elector is logged at start and releases the Lease at shutdown."""
-    dev: DevMode | None
-    certificates: CertificateManager | None = None
-    """With --manage-certificates: its first pass must finish before the webhook serves."""
-
-    @property
-    def file_check_interval(self) -> float:
-        """How often the webhook server re-reads its certificate files."""
-        if self.certificates is not None:
-            return self.certificates.policy.file_check_interval
-        return 10.0
+    reporting: Reporting | None
+    """None with --components webhook (no pod is watched). Its elector is logged at start
+    and releases the Lease at shutdown."""
 
 
 def build_components(
@@ -399,7 +390,6 @@ def build_components(
     registry = PolicyView()
     kopf_registry = kopf.OperatorRegistry()
     readiness = Readiness()
-    readiness.add(READY_WEBHOOK)
     readiness.add(READY_POLICIES)
     serving = asyncio.Event()
 
@@ -407,24 +397,98 @@ def build_components(
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(kube_configuration)
 
-    reporting = build_reporting(
-        config,
-        api_client,
-        registry,
-        kopf_registry,
-        metrics_registry,
-        list_uids=pod_uid_lister(api_client, config.watch_namespaces),
-    )
+    reporting: Reporting | None = None
+    if config.watches_pods:
+        reporting = build_reporting(
+            config,
+            api_client,
+            registry,
+            kopf_registry,
+            metrics_registry,
+            list_uids=pod_uid_lister(api_client, config.watch_namespaces),
+        )
     reconciler = policy_reconciler.PolicyReconciler(
-        registry, reporting.status_writer, watches=config.watches
+        registry, reporting.status_writer if reporting else None, watches=config.watches
     )
     lister = policy_reconciler.KubernetesLister(api_client, config.watch_namespaces)
     policy_reconciler.register(kopf_registry, reconciler)
 
+    loop_monitor = LoopMonitor(metrics_registry)
+    background: list[BackgroundTask] = [
+        lambda: policy_reconciler.load_and_resync(
+            reconciler, lister, on_loaded=lambda: readiness.set(READY_POLICIES)
+        ),
+        *(reporting.background if reporting else ()),
+        loop_monitor.run,
+        lambda: freeze_when(lambda: readiness.ready),
+    ]
+    webhook: WebhookParts | None = None
+    if config.serves_webhook:
+        readiness.add(READY_WEBHOOK)
+        webhook = build_webhook(
+            config,
+            api_client,
+            registry,
+            cert_dir,
+            metrics_registry,
+            readiness,
+            ensure_namespace=policy_reconciler.namespace_ensurer(reconciler, lister),
+        )
+        webhook_module.register(kopf_registry, webhook.pod_webhook)
+        if webhook.dev is not None:
+            dev_mode = webhook.dev
+            background.append(lambda: dev_mode.run(serving, lambda: readiness.set(READY_DEV)))
+        if webhook.certificates is not None:
+            background.append(webhook.certificates.run)
+    assert_pods_read_only(kopf_registry)
+    assert_watch_only(kopf_registry)
+    return Components(
+        api_client=api_client,
+        kopf_registry=kopf_registry,
+        readiness=readiness,
+        webhook=webhook,
+        serving=serving,
+        background=tuple(background),
+        reporting=reporting,
+    )
+
+
+@dataclass(frozen=True)
+class WebhookParts:
+    """What serving the webhook needs: the handler, its certificate, and what keeps that."""
+
+    pod_webhook: PodWebhook
+    cert_file: Path
+    key_file: Path
+    ca_bundle: bytes | None
+    dev: DevMode | None
+    certificates: CertificateManager | None
+    """With --manage-certificates: its first pass must finish before the webhook serves."""
+
+    @property
+    def file_check_interval(self) -> float:
+        """How often the webhook server re-reads its certificate files."""
+        if self.certificates is not None:
+            return self.certificates.policy.file_check_interval
+        return 10.0
+
+
+def build_webhook(
+    config: OperatorConfig,
+    api_client: Any,
+    registry: PolicyView,
+    cert_dir: Path,
+    metrics_registry: CollectorRegistry,
+    readiness: Readiness,
+    *,
+    ensure_namespace: Callable[[str], Awaitable[None]],
+) -> WebhookParts:
+    """The pod webhook and its certificate: --manage-certificates, --dev or the given files."""
+
     webhook_arguments: dict[str, Any] = {
         "exempt": config.exempt,
         "metrics": AdmissionMetrics(metrics_registry),
-        "ensure_namespace": policy_reconciler.namespace_ensurer(reconciler, lister),
+        "ensure_namespace": ensure_namespace,
     }
     dev: DevMode | None = None
     certificates: CertificateManager | None = None
@@ -448,38 +512,7 @@ def build_components(
         assert config.tls_key_file is not None
         cert_file, key_file, ca_bundle = config.tls_cert_file, config.tls_key_file, None
         pod_webhook = PodWebhook(registry, **webhook_arguments)
-    webhook_module.register(kopf_registry, pod_webhook)
-
-    loop_monitor = LoopMonitor(metrics_registry)
-    background: list[BackgroundTask] = [
-        lambda: policy_reconciler.load_and_resync(
-            reconciler, lister, on_loaded=lambda: readiness.set(READY_POLICIES)
-        ),
-        *reporting.background,
-        loop_monitor.run,
-        lambda: freeze_when(lambda: readiness.ready),
-    ]
-    if dev is not None:
-        dev_mode = dev
-        background.append(lambda: dev_mode.run(serving, lambda: readiness.set(READY_DEV)))
-    if certificates is not None:
-        background.append(certificates.run)
-    assert_pods_read_only(kopf_registry)
-    assert_watch_only(kopf_registry)
-    return Components(
-        api_client=api_client,
-        kopf_registry=kopf_registry,
-        readiness=readiness,
-        pod_webhook=pod_webhook,
-        cert_file=cert_file,
-        key_file=key_file,
-        ca_bundle=ca_bundle,
-        serving=serving,
-        background=tuple(background),
-        reporting=reporting,
-        dev=dev,
-        certificates=certificates,
-    )
+    return WebhookParts(pod_webhook, cert_file, key_file, ca_bundle, dev, certificates)
 
 
 def build_certificate_manager(
@@ -562,16 +595,21 @@ async def run(config: OperatorConfig) -> int:
             components.readiness.set(READY_WEBHOOK)
             components.serving.set()
 
-        server = ServingWebhookServer(
-            on_serving=on_serving,
-            lean=components.pod_webhook.review,
-            addr=config.bind_host,
-            port=config.webhook_port,
-            host=reachable_host(config.bind_host),
-            certfile=str(components.cert_file),
-            pkeyfile=str(components.key_file),
-            cadata=components.ca_bundle,
-            file_check_interval=components.file_check_interval,
+        webhook = components.webhook
+        server = (
+            None
+            if webhook is None
+            else ServingWebhookServer(
+                on_serving=on_serving,
+                lean=webhook.pod_webhook.review,
+                addr=config.bind_host,
+                port=config.webhook_port,
+                host=reachable_host(config.bind_host),
+                certfile=str(webhook.cert_file),
+                pkeyfile=str(webhook.key_file),
+                cadata=webhook.ca_bundle,
+                file_check_interval=webhook.file_check_interval,
+            )
         )
         settings = build_settings(config, server)
         health = HealthServer(components.readiness, config.bind_host, config.health_port)
@@ -579,21 +617,21 @@ async def run(config: OperatorConfig) -> int:
         try:
             with metrics_server(config.bind_host, config.metrics_port, metrics_registry):
                 await health.start()
-                if components.certificates is not None and not await _first(
-                    components.certificates.start(), signalled
-                ):
+                certificates = webhook.certificates if webhook else None
+                if certificates is not None and not await _first(certificates.start(), signalled):
                     return 0  # stopped before the certificate was in place
                 tasks = [asyncio.create_task(factory()) for factory in components.background]
                 logger.info(
-                    "gomemlimit-operator %s: webhook :%d, metrics :%d, health :%d on %s%s.",
+                    "gomemlimit-operator %s (%s): %smetrics :%d, health :%d on %s%s.",
                     __version__,
-                    config.webhook_port,
+                    config.components,
+                    f"webhook :{config.webhook_port}, " if webhook else "",
                     config.metrics_port,
                     config.health_port,
                     config.bind_host,
                     " (dev)" if config.dev else "",
                 )
-                elector = components.reporting.elector
+                elector = components.reporting.elector if components.reporting else None
                 if elector is not None:
                     logger.info(
                         "Leader election: %s as %s (lease duration %ds).",
@@ -622,10 +660,10 @@ async def run(config: OperatorConfig) -> int:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
-            if components.reporting.elector is not None:  # status writing has stopped
+            if components.reporting and components.reporting.elector:  # status writing stopped
                 await components.reporting.elector.stop()  # hand over now
-            if components.dev is not None:
-                await components.dev.remove()
+            if webhook is not None and webhook.dev is not None:
+                await webhook.dev.remove()
             await health.stop()
             components.api_client.close()
     logger.info("Stopped.")

@@ -49,6 +49,10 @@ DEFAULT_LEASE_DURATION: Final = 15
 DEV_LEASE_NAMESPACE: Final = "default"
 """With --dev, the Lease lives here unless told otherwise: every cluster has it."""
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+COMPONENTS: Final = ("all", "webhook", "watcher")
+"""What one process runs: ``webhook`` serves admission and watches policies and namespaces
+(never pods); ``watcher`` keeps the pod records, the policy status and the compliance series
+(with leader election); ``all`` is both."""
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -113,6 +117,13 @@ def _log_level(text: str) -> str:
     lowered = text.strip().lower()
     if lowered not in LOG_LEVELS:
         raise ValueError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return lowered
+
+
+def _components(text: str) -> str:
+    lowered = text.strip().lower()
+    if lowered not in COMPONENTS:
+        raise ValueError(f"{text!r} is not one of {', '.join(COMPONENTS)}")
     return lowered
 
 
@@ -195,6 +206,14 @@ _NAMESPACES: Final = "NAMESPACE[,NAMESPACE...]"
 class OperatorConfig:
     """Everything the operator process needs to know at start. Immutable."""
 
+    components: str = _setting(
+        "all",
+        "what this process runs: webhook (admission; watches policies and namespaces, never "
+        "pods), watcher (pod records, policy status, compliance series) or all "
+        "(default {default})",
+        _components,
+        metavar="|".join(COMPONENTS),
+    )
     webhook_port: int = _setting(
         9443, "HTTPS port of the admission webhook (default {default})", _port
     )
@@ -342,7 +361,7 @@ class OperatorConfig:
     leader_election: bool = _setting(
         True,
         "elect one replica through a Lease to write policy status and export the pod series; "
-        "every replica serves the webhook (default {default})",
+        "with --components webhook, none is needed (default {default})",
         _bool,
         action=argparse.BooleanOptionalAction,
     )
@@ -378,6 +397,14 @@ class OperatorConfig:
     @property
     def ca_validity(self) -> datetime.timedelta:
         return datetime.timedelta(days=self.ca_validity_days)
+
+    @property
+    def serves_webhook(self) -> bool:
+        return self.components in ("all", "webhook")
+
+    @property
+    def watches_pods(self) -> bool:
+        return self.components in ("all", "watcher")
 
     @property
     def clusterwide(self) -> bool:
@@ -513,8 +540,12 @@ def _check(config: OperatorConfig) -> None:
         if port in seen:
             raise ConfigError(f"{flag} and {seen[port]} are both {port}; each needs its own port")
         seen[port] = flag
+    if config.kubeconfig is not None and not config.kubeconfig.is_file():
+        raise ConfigError(f"--kubeconfig: {str(config.kubeconfig)!r} is not a readable file")
     if (config.tls_cert_file is None) != (config.tls_key_file is None):
         raise ConfigError("--tls-cert-file and --tls-key-file go together; give both or neither")
+    if not config.serves_webhook:
+        _check_watcher_only(config)
     if config.manage_certificates:
         _check_managed_certificates(config)
     else:
@@ -532,7 +563,12 @@ def _check(config: OperatorConfig) -> None:
         raise ConfigError(
             "--dev generates its own certificate; drop --tls-cert-file/--tls-key-file"
         )
-    if not config.dev and not config.manage_certificates and config.tls_cert_file is None:
+    if (
+        config.serves_webhook
+        and not config.dev
+        and not config.manage_certificates
+        and config.tls_cert_file is None
+    ):
         raise ConfigError(
             "the webhook needs a certificate: give --tls-cert-file and --tls-key-file "
             f"(or {ENV_PREFIX}TLS_CERT_FILE/TLS_KEY_FILE), or --manage-certificates, or run "
@@ -544,8 +580,20 @@ def _check(config: OperatorConfig) -> None:
     ):
         if path is not None and not path.is_file():
             raise ConfigError(f"{flag}: {str(path)!r} is not a readable file")
-    if config.kubeconfig is not None and not config.kubeconfig.is_file():
-        raise ConfigError(f"--kubeconfig: {str(config.kubeconfig)!r} is not a readable file")
+
+
+def _check_watcher_only(config: OperatorConfig) -> None:
+    """--components watcher serves no webhook: a certificate flag is a mistake."""
+    for flag, given in (
+        ("--dev", config.dev),
+        ("--manage-certificates", config.manage_certificates),
+        ("--tls-cert-file", config.tls_cert_file is not None),
+    ):
+        if given:
+            raise ConfigError(
+                f"--components watcher serves no webhook; drop {flag} (it belongs to the "
+                "webhook component)"
+            )
 
 
 def _check_managed_certificates(config: OperatorConfig) -> None:

@@ -45,10 +45,51 @@ def test_handlers_are_read_only_and_the_webhook_has_its_fixed_id(tmp_path: Path)
     assert kopf_registry._spawning.get_all_handlers() == []
     assert set(built.readiness.checks()) == {"webhook", "policy-index", "dev-webhook-configuration"}
     assert not built.readiness.ready
-    assert built.cert_file.is_file()
-    assert built.key_file.is_file()
-    assert built.ca_bundle is not None
+    assert built.webhook.cert_file.is_file()
+    assert built.webhook.key_file.is_file()
+    assert built.webhook.ca_bundle is not None
     assert built.background  # the policy loader, the status writer, the pod watcher
+
+
+def watched_plurals(kopf_registry: kopf.OperatorRegistry) -> set[str]:
+    return {
+        h.selector.any_name or h.selector.plural for h in kopf_registry._watching.get_all_handlers()
+    }
+
+
+def test_the_webhook_component_serves_admission_and_never_watches_pods(tmp_path: Path) -> None:
+    metrics = new_metrics_registry()
+    config = parse_config(["--components", "webhook", "--dev"], env={})
+    built = build_components(config, kubernetes.client.Configuration(), tmp_path, metrics)
+    assert built.reporting is None
+    assert built.webhook is not None
+    (webhook,) = built.kopf_registry._webhooks.get_all_handlers()
+    assert webhook.id == WEBHOOK_ID
+    assert watched_plurals(built.kopf_registry) == {
+        "gomempolicies",
+        "clustergomempolicies",
+        "namespaces",
+    }
+    assert set(built.readiness.checks()) == {"webhook", "policy-index", "dev-webhook-configuration"}
+    names = {family.name for family in metrics.collect()}
+    assert "gomemlimit_admission_requests" in names
+    # No pod records, so no compliance series and no Lease.
+    assert not {"gomemlimit_watch_events", "gomemlimit_leader"} & names
+
+
+def test_the_watcher_component_keeps_the_records_and_serves_no_webhook(tmp_path: Path) -> None:
+    metrics = new_metrics_registry()
+    config = parse_config(["--components", "watcher"], env={})  # no certificate needed
+    built = build_components(config, kubernetes.client.Configuration(), tmp_path, metrics)
+    assert built.webhook is None
+    assert built.reporting is not None
+    assert built.kopf_registry._webhooks.get_all_handlers() == []
+    assert "pods" in watched_plurals(built.kopf_registry)
+    assert set(built.readiness.checks()) == {"policy-index"}
+    names = {family.name for family in metrics.collect()}
+    assert {"gomemlimit_watch_events", "gomemlimit_leader"} <= names
+    assert "gomemlimit_admission_requests" not in names
+    assert not list(tmp_path.iterdir())  # no certificate was made
 
 
 WRITING_POD_HANDLERS: list[Callable[[kopf.OperatorRegistry], Any]] = [

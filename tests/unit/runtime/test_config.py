@@ -121,6 +121,23 @@ def test_certificate_rules(tls: list[str], tmp_path: Path) -> None:
     assert not config.dev
 
 
+def test_components(tls: list[str]) -> None:
+    assert parse_config(tls, env={}).components == "all"
+    webhook = parse_config(["--components", "webhook", *tls], env={})
+    assert (webhook.serves_webhook, webhook.watches_pods) == (True, False)
+    watcher = parse_config([], env={"GOMEMLIMIT_OPERATOR_COMPONENTS": "Watcher"})
+    assert (watcher.serves_webhook, watcher.watches_pods) == (False, True)
+    with pytest.raises(ConfigError, match="needs a certificate"):
+        parse_config(["--components", "webhook"], env={})
+    with pytest.raises(ConfigError, match=r"--components: 'pods' is not one of all, webhook"):
+        parse_config(["--components", "pods", *tls], env={})
+    for given in (["--dev"], ["--manage-certificates"], tls):
+        with pytest.raises(ConfigError, match=f"serves no webhook; drop {given[0]}"):
+            parse_config(["--components", "watcher", *given], env={})
+    with pytest.raises(ConfigError, match="--service-name needs --manage-certificates"):
+        parse_config(["--components", "watcher", "--service-name", "svc"], env={})
+
+
 def test_kubeconfig_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--kubeconfig"):
         parse_config(["--dev", "--kubeconfig", str(tmp_path / "missing")], env={})

@@ -58,6 +58,18 @@ def test_webhook_manners() -> None:
     }
     names = [c["name"] for c in hook["matchConditions"]]
     assert names == ["not-opted-out", "not-a-mirror-pod"]
+
+
+def test_no_exempt_namespaces_gives_no_empty_not_in() -> None:
+    # The API server refuses NotIn with no values; with only_namespaces the In list remains.
+    (hook,) = config(exempt_namespaces=(), only_namespaces=("team-a",))["webhooks"]
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}
+        ]
+    }
+    (hook,) = config(exempt_namespaces=())["webhooks"]
+    assert hook["namespaceSelector"] == {"matchExpressions": []}
     assert "gomemlimit.io/skip" in MATCH_CONDITIONS[0]["expression"]
 
 
