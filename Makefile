@@ -9,7 +9,7 @@ include tests/cluster/versions.env
 CACHE := $(or $(GOMEMLIMIT_CACHE),$(HOME)/.cache/gomemlimit-operator)
 TOOLS_PATH := $(CACHE)/bin/prometheus-$(PROMETHEUS_VERSION):$(PATH)
 
-.PHONY: help venv lint fmt test unit e2e generate check-generated cluster-build host-deps tools image cluster-up cluster-down demo proof-chart bench clean
+.PHONY: help venv lint fmt test unit e2e generate check-generated cluster-build host-deps tools image cluster-up cluster-down demo proof-chart bench bench-quick clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -72,8 +72,14 @@ demo: $(STAMP) cluster-build host-deps ## cluster + operator + example workload 
 proof-chart: $(STAMP) ## redraw docs/proof-memory.png from docs/proof-samples.json
 	$(PY) docs/proof_chart.py docs/proof-samples.json docs/proof-memory.png
 
-bench: $(STAMP) ## run the benchmarks under bench/
+bench: $(STAMP) ## every benchmark under bench/, full size: bench/results/latest.json and its charts
 	$(PY) -m bench
+	$(PY) -m bench.charts bench/results/latest.json
+
+bench-quick: $(STAMP) ## every benchmark, reduced (CI; asserts no speed): bench/results/quick.json
+	$(PY) -m bench --quick
+	charts=$$(mktemp -d) && $(PY) -m bench.charts bench/results/quick.json --out-dir $$charts; \
+	status=$$?; rm -rf $$charts; exit $$status
 
 clean: cluster-down ## remove the venv and local state
 	rm -rf $(VENV) .cluster

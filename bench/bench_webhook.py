@@ -1,58 +1,68 @@
-"""The admission webhook under load: pod creates/s, latency and failures with and without it.
+"""Pod creates through the API server: no webhook, ours, and two floor webhooks, side by side.
 
-``python -m bench.bench_webhook [--pods N] [--concurrency C] [--rounds R]`` (also run by
-``python -m bench``, where ``--pods`` is shared with the other benchmarks).
+``python -m bench.bench_webhook [--quick] [--pods N] [--concurrency C] [--rounds R]
+[--phases LETTERS]`` (also run by ``python -m bench``).
 
-It starts a local control plane (``tests/cluster``), applies the CRDs and a
-ClusterGoMemPolicy that governs the ``app`` container of every pod in the benchmark's
-namespaces, then creates N pods with C concurrent clients in each phase:
+On the run's local control plane (``tests/cluster``) with the CRDs and a ClusterGoMemPolicy
+that governs the ``app`` container of every pod in the benchmark's namespaces, each phase
+creates N pods with C concurrent clients in a namespace of its own:
 
-* ``A`` (no webhook): the operator is not running and no webhook configuration exists.
-* ``B`` (webhook): the real operator process runs with ``--dev`` (its own
-  MutatingWebhookConfiguration, ``failurePolicy: Ignore``, 2 s timeout) and injects
-  ``GOMEMLIMIT=460MiB`` into every pod. Every create response and a LIST afterwards are
-  checked: a pod without the value is a fail-open, and counted as a failure.
-* ``O`` (operator running, webhook not called): the same operator, but the pods carry
-  ``gomemlimit.io/skip: "true"``, so the webhook's CEL ``matchConditions`` exclude them and
-  the API server does not call it. B vs O is the webhook call itself; O vs A is the operator
-  watching pods and the CEL conditions, competing for the same 2 cores.
-* ``a``, ``b``: A and B with a single client (no queueing anywhere): the latency the webhook
-  adds to one pod create on an idle machine.
+* ``A``: no webhook is called.
+* ``B``: ours, the real operator as one process (``--components all``, the default install):
+  it answers admission and watches the pods it admitted.
+* ``G``: the Go floor (``bench/floor/server``: net/http, encoding/json, a static patch).
+* ``P``: the aiohttp floor (``bench/floor_aiohttp.py``: aiohttp, orjson, a static patch).
+* ``S``: ours split: one ``--components webhook`` process, and a ``--components watcher``
+  process that watches the pods.
+* ``W``: ours split with two ``--components webhook`` processes sharing one port
+  (``SO_REUSEPORT``; the kernel spreads the API server's connections over them), and the
+  same watcher.
+* ``F`` (after the rounds): W under a burst of 500 concurrent creates: does any pod fail
+  open?
+* optional: ``O`` (B's operator running, but the pods opt out, so the webhook's CEL
+  ``matchConditions`` skip the call), ``a``/``b`` (A and B with one client: the latency
+  the webhook adds to one create on an idle machine).
 
-Rounds repeat the phases (A, a, B, b, O by default, after an unreported warm-up), so that
-warm-up and drift do not land on one phase; the operator is started for B and stopped
-before A in every round.
+Every server runs through the whole run, on its own port, with its own
+MutatingWebhookConfiguration (the install's builder: ``failurePolicy: Ignore``, 2 s
+timeout, the CEL conditions) by URL, limited to its phases' namespaces; each operator process
+watches only those namespaces. So phases differ only in which server the API server calls,
+and rounds alternate them (A B G P S W by default, after an unreported warm-up) so that
+drift does not land on one phase. Every server answers the same JSON patch, the one our
+engine computes (``GOMEMLIMIT=460MiB``); before the rounds each server must mutate a
+dry-run create. Every create response and a LIST afterwards are checked: a pod without the
+value is a fail-open, and counted as a failure.
 
 The pods carry a scheduling gate: they are stored, never scheduled, and never touched by
-kwok, so the benchmark measures admission and storage, not the scheduler. (A ``nodeName``
-of a missing node would skip the scheduler too, but the pod GC controller deletes such pods
-after 40 s, in the middle of later phases.) Each phase uses a fresh namespace; its pods are
-deleted afterwards, and the next phase waits until the machine is quiet again.
+kwok, so the benchmark measures admission and storage, not the scheduler. Each phase's pods
+are deleted afterwards, and the next phase waits until the machine is quiet again.
 
 The clients are threads with raw HTTPS keep-alive connections (``http.client``, the admin
 client certificate): pod bodies are serialised before and responses parsed after the timed
 window, so the client costs a fraction of the CPU that the kubernetes client's model
 (de)serialisation would, on a machine where the client shares 2 cores with the cluster.
 
-Also measured: per-process CPU seconds during each phase (/proc; until the operator has seen
-every new pod, so that its watch work is counted even when it lags), the API server's
-``apiserver_admission_webhook_*`` and ``apiserver_request_duration_seconds`` series, the
-operator's ``gomemlimit_admission_duration_seconds`` (time in our handler), and an in-process
-micro-benchmark of ``webhook.admit()``, the handler and kopf's JSON-Patch diff. With
-``--sample-operator DIR``, py-spy (``pip install py-spy``; not a project dependency) samples
-the operator in each of its phases and the share of its CPU per code path is printed.
+Also measured: per-process CPU seconds during each phase (/proc; until the process that
+watches the pods has seen every new pod, so that watch work that lags is counted), the API
+server's ``apiserver_admission_webhook_*`` and ``apiserver_request_duration_seconds``
+series, our ``gomemlimit_admission_duration_seconds`` (time in our handler), and an
+in-process micro-benchmark of the decision, the lean handler and the AdmissionReview's JSON.
+With ``--sample-operator DIR``, py-spy (``pip install py-spy``; not a project dependency)
+samples B's operator in each B phase and the share of its CPU per code path is printed.
 
 Anchor: Kyverno 1.18.1's load test (kind + KWOK, 32 vCPU, k6, 500 virtual users): one
 JSONPatch mutating policy gave 1,817 pod creates/s against 1,932 with no webhook (-6%), 0.0%
 failures, p99 466 ms against 443 ms.
+
+Nothing here asserts a speed: timings depend on the machine and on whatever else runs on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
-import copy
 import http.client
 import json
 import logging
@@ -64,17 +74,17 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-CRDS = REPO / "crds"
+import orjson
+
+from bench.shared import BenchRun, ServingCertificate, serving_certificate
 
 POLICY_NAME = "bench-webhook"
 BENCH_LABEL = "gomemlimit.io/bench"
@@ -85,16 +95,50 @@ EXPECTED = "460MiB"  # 90% of 512Mi = 460.8 MiB, rounded down to a whole MiB
 WEBHOOK_NAME = "pods.gomemlimit.io"
 ANCHOR = {"no webhook": 1932.0, "webhook": 1817.0, "p99 no webhook": 0.443, "p99 webhook": 0.466}
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-PHASES = {
-    "A": "no webhook",
-    "B": "webhook",
-    "O": "operator, webhook not called",
-    "a": "no webhook, 1 client",
-    "b": "webhook, 1 client",
-}
-WITH_OPERATOR = frozenset("BOb")
-MUTATED = frozenset("Bb")
 
+
+@dataclass(frozen=True)
+class Phase:
+    letter: str
+    description: str
+    server: str | None
+    """The server the API server calls (a key of :data:`SERVERS`); None: no webhook."""
+    slug: str
+    """Its namespaces' names: ``bench-<run>-<slug><round>``."""
+    serial: bool = False
+    """One client instead of ``--concurrency``."""
+    opted_out: bool = False
+    """The pods carry ``gomemlimit.io/skip``: the CEL conditions skip the call."""
+
+    @property
+    def mutated(self) -> bool:
+        return self.server is not None and not self.opted_out
+
+
+SERVERS: dict[str, str] = {
+    "ours": "ours, one process (all components)",
+    "go": "Go floor",
+    "aiohttp": "aiohttp floor",
+    "split1": "ours split: 1 webhook process + watcher",
+    "split2": "ours split: 2 webhook processes + watcher",
+}
+PHASES: dict[str, Phase] = {
+    phase.letter: phase
+    for phase in (
+        Phase("A", "no webhook", None, "none"),
+        Phase("B", SERVERS["ours"], "ours", "ours"),
+        Phase("G", SERVERS["go"], "go", "go"),
+        Phase("P", SERVERS["aiohttp"], "aiohttp", "aiohttp"),
+        Phase("S", SERVERS["split1"], "split1", "split1-"),
+        Phase("W", SERVERS["split2"], "split2", "split2-"),
+        Phase("F", "W, burst of concurrent creates", "split2", "burst"),
+        Phase("O", "ours running, webhook not called", "ours", "skip", opted_out=True),
+        Phase("a", "no webhook, 1 client", None, "none-serial", serial=True),
+        Phase("b", "ours, one process, 1 client", "ours", "ours-serial", serial=True),
+    )
+}
+ROUND_PHASES = "ABGPSW"
+BURST = "F"
 
 # ---------------------------------------------------------------------------------------------
 # Objects
@@ -463,33 +507,183 @@ class PhaseResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The cluster and the operator
+# The servers: ours in its three shapes and the two floors, each with its own configuration
 # ---------------------------------------------------------------------------------------------
 
 
-class Bench:
-    def __init__(self, cluster: Any, work: Path, sample_dir: Path | None) -> None:
+@dataclass
+class Served:
+    """One server key's processes: those that answer its admission requests, and the one
+    that watches its pods (ours only)."""
+
+    url: str
+    answering: list[Any] = field(default_factory=list)
+    """The OperatorProcesses that answer (empty for a floor)."""
+    watcher: Any = None
+    """The OperatorProcess that watches the pods of its namespaces, or None."""
+
+
+class Servers:
+    """Every server the phases need, started once and running for the whole run."""
+
+    def __init__(
+        self,
+        cluster: Any,
+        work: Path,
+        certificate: ServingCertificate,
+        namespaces: dict[str, list[str]],
+        lease_namespace: str,
+    ) -> None:
         self.cluster = cluster
         self.work = work
+        self.certificate = certificate
+        self.namespaces = namespaces  # server key -> the namespaces of its phases
+        self.lease_namespace = lease_namespace
+        self.served: dict[str, Served] = {}
+        self.processes: dict[str, Any] = {}  # name -> OperatorProcess or FloorServer
+        self.configurations: list[str] = []
+        self._stack = contextlib.ExitStack()
+
+    def _operator(self, name: str, mode: list[str], watch: list[str], lease: bool) -> Any:
+        from tests.e2e.operator_harness import OperatorProcess
+
+        # The production default status interval (the harness uses 1 s for tests).
+        extra = ["--status-interval", "5", "--watch-namespace", ",".join(watch)]
+        if lease:  # a Lease of its own: B and the split watcher are separate installs
+            extra += ["--leader-election-namespace", f"{self.lease_namespace}-{name}"]
+            self.cluster.kubectl("create", "namespace", f"{self.lease_namespace}-{name}")
+        process = OperatorProcess(
+            Path(self.cluster.kubeconfig), self.work / f"{name}.log", mode=mode, extra_args=extra
+        )
+        self.processes[name] = process
+        self._stack.callback(self._stop_operator, process)
+        return process
+
+    @staticmethod
+    def _stop_operator(process: Any) -> None:
+        status = process.stop()
+        if status not in (0, None):
+            print(f"  {process.log_path.stem} exited with status {status}; log: {process.log_path}")
+
+    def start(self) -> None:
+        from tests.e2e.operator_harness import free_ports
+
+        from bench.floors import FloorServer, expected_patch
+        from gomemlimit_operator.core.api import WEBHOOK_PATH
+
+        ports = iter(free_ports(24))
+        tls = ["--tls-cert-file", str(self.certificate.cert_file)]
+        tls += ["--tls-key-file", str(self.certificate.key_file)]
+        wanted = set(self.namespaces)
+
+        def url(port: int) -> str:
+            return f"https://127.0.0.1:{port}{WEBHOOK_PATH}"
+
+        operators: list[Any] = []
+        if "ours" in wanted:
+            operator = self._operator("operator", tls, self.namespaces["ours"], lease=True)
+            operator.launch((next(ports), next(ports), next(ports)))
+            self.served["ours"] = Served(url(operator.webhook_port), [operator], operator)
+            operators.append(operator)
+        split = [ns for key in ("split1", "split2") for ns in self.namespaces.get(key, [])]
+        watcher = None
+        if split:
+            watcher = self._operator("watcher", ["--components", "watcher"], split, lease=True)
+            watcher.launch((next(ports), next(ports), next(ports)))  # its webhook port: unused
+            operators.append(watcher)
+        for key, workers in (("split1", 1), ("split2", 2)):
+            if key not in wanted:
+                continue
+            shared = next(ports)
+            served = Served(url(shared), watcher=watcher)
+            for index in range(1, workers + 1):
+                name = f"webhook-{key}" + (f"-{index}" if workers > 1 else "")
+                mode = ["--components", "webhook", *tls]
+                process = self._operator(name, mode, self.namespaces[key], lease=False)
+                process.launch((shared, next(ports), next(ports)))
+                served.answering.append(process)
+                operators.append(process)
+            self.served[key] = served
+        patch = expected_patch(admitted_pod("bench-patch"))
+        for key, kind in (("go", "go"), ("aiohttp", "aiohttp")):
+            if key in wanted:
+                port = next(ports)
+                floor = FloorServer(
+                    "go" if kind == "go" else "aiohttp",
+                    cert=self.certificate.cert_file,
+                    key=self.certificate.key_file,
+                    patch=patch,
+                    port=port,
+                )
+                self._stack.enter_context(floor)
+                self.processes[f"{kind}-floor"] = floor
+                self.served[key] = Served(url(port))
+        for operator in operators:
+            operator.wait_ready(timeout=120)
+        self.configure()
+
+    def configure(self) -> None:
+        from gomemlimit_operator.install.webhook_configuration import (
+            build_webhook_configuration,
+            url_client_config,
+        )
+
+        for key, served in self.served.items():
+            name = f"bench-{key}"
+            configuration = build_webhook_configuration(
+                name=name,
+                client_config=url_client_config(served.url, self.certificate.ca_pem),
+                exempt_namespaces=(),
+                only_namespaces=self.namespaces[key],
+            )
+            self.cluster.kubectl("apply", "-f", "-", input=json.dumps(configuration))
+            self.configurations.append(name)
+            self._stack.callback(
+                self.cluster.kubectl,
+                "delete",
+                "mutatingwebhookconfiguration",
+                name,
+                "--ignore-not-found",
+            )
+
+    def pids(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for name, process in self.processes.items():
+            if getattr(process, "running", False):
+                found[name] = process.process.pid
+        return found
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The phases
+# ---------------------------------------------------------------------------------------------
+
+
+def merged(samples: Sequence[Samples]) -> Samples:
+    """Samples of several processes, added up."""
+    out: Samples = {}
+    for one in samples:
+        for key, value in one.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+class Bench:
+    def __init__(self, cluster: Any, work: Path, servers: Servers, sample_dir: Path | None) -> None:
+        self.cluster = cluster
+        self.work = work
+        self.servers = servers
         self.sample_dir = sample_dir
         self.samples: dict[str, Path] = {}  # phase and round -> py-spy output
         pki = cluster.state_dir / "pki"
         self.api = Api(cluster.server, cluster.ca_cert_path, pki / "admin.crt", pki / "admin.key")
-        self.operator: Any = None
-        self.operator_starts = 0
-        self.startup_seconds: list[float] = []
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def install(self) -> None:
-        self.cluster.kubectl("apply", "-f", str(CRDS))
-        self.cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "-f", str(CRDS)
-        )
-        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(policy_manifest()))
-
-    def new_namespace(self, label: str) -> str:
-        name = f"bench-{label.lower()}-{secrets.token_hex(3)}"
+    def create_namespace(self, name: str) -> None:
         self.api.json(
             "POST",
             "/api/v1/namespaces",
@@ -502,11 +696,9 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no default ServiceAccount in {name}")
             time.sleep(0.1)
-        return name
 
     def delete_pods(self, namespace: str) -> None:
         self.api.json("DELETE", f"/api/v1/namespaces/{namespace}/pods")
-        self.api.request("DELETE", f"/api/v1/namespaces/{namespace}")
 
     def list_pods(self, namespace: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -520,95 +712,82 @@ class Bench:
             if not token:
                 return items
 
+    def dry_run_value(self, namespace: str) -> str | None:
+        """GOMEMLIMIT of a dry-run create in ``namespace`` (None if it failed or has none)."""
+        status, data = self.api.request(
+            "POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", make_pod("probe")
+        )
+        return gomemlimit_of(json.loads(data)) if status == 201 else None
+
+    def wait_mutating(self, namespace: str, timeout: float = 60.0) -> float:
+        """Until a dry-run create in ``namespace`` gets the value; returns the seconds."""
+        began = time.monotonic()
+        while (value := self.dry_run_value(namespace)) != EXPECTED:
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(f"{namespace}: a dry-run create gets GOMEMLIMIT={value!r}")
+            time.sleep(0.2)
+        return time.monotonic() - began
+
     def pids(self) -> dict[str, int]:
         found = {"bench client": os.getpid()}
         for name in COMPONENTS:
             with contextlib.suppress(OSError, ValueError):
                 found[name] = int((self.cluster.pid_dir / f"{name}.pid").read_text().split()[0])
-        if self.operator is not None and self.operator.running:
-            found["operator"] = self.operator.process.pid
-        return found
+        return found | self.servers.pids()
 
-    # -- the operator ---------------------------------------------------------------------------
+    # -- the operator's metrics -----------------------------------------------------------------
 
-    def start_operator(self) -> None:
-        from tests.e2e.operator_harness import OperatorProcess
+    @staticmethod
+    def metrics_of(processes: Sequence[Any]) -> Samples:
+        return merged([parse_metrics(p.metrics(), OPERATOR_SERIES) for p in processes if p])
 
-        self.operator_starts += 1
-        log = self.work / f"operator-{self.operator_starts}.log"
-        # The production default status interval (the harness uses 1 s for tests).
-        operator = OperatorProcess(
-            self.cluster.kubeconfig, log, extra_args=["--status-interval", "5"]
-        )
-        self.operator = operator
-        began = time.monotonic()
-        operator.start(timeout=120)
-        self.startup_seconds.append(time.monotonic() - began)
-
-    def stop_operator(self) -> None:
-        if self.operator is None:
-            return
-        operator, self.operator = self.operator, None
-        status = operator.stop()
-        if status not in (0, None):
-            print(f"  operator exited with status {status}; log: {operator.log_path}")
-
-    def operator_metrics(self) -> Samples:
-        if self.operator is None:
-            return {}
-        return parse_metrics(self.operator.metrics(), OPERATOR_SERIES)
-
-    def drain_watch(self, before: Samples, pods: int, limit: float = 60.0) -> float:
-        """Seconds until the operator has handled an ADDED event for ``pods`` more pods
-        (0 without an operator)."""
-        if self.operator is None:
-            return 0.0
+    def drain_watch(self, watcher: Any, before: Samples, pods: int, limit: float = 60.0) -> float:
+        """Seconds until ``watcher`` has handled an ADDED event for ``pods`` more pods."""
         began = time.monotonic()
         while time.monotonic() - began < limit:
-            seen = delta(self.operator_metrics(), before)
+            seen = delta(self.metrics_of([watcher]), before)
             if total(seen, "gomemlimit_watch_events_total", type="added") >= pods:
                 break
             time.sleep(0.05)
         else:
-            print(f"  (the operator did not see {pods} new pods within {limit:.0f}s)")
+            print(f"  (the watcher did not see {pods} new pods within {limit:.0f}s)")
         return time.monotonic() - began
-
-    def webhook_configurations(self) -> list[str]:
-        found = self.api.json(
-            "GET", "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
-        )
-        return [item["metadata"]["name"] for item in found["items"]]
 
     # -- one phase ------------------------------------------------------------------------------
 
-    def run_phase(self, phase: str, round_: int, pods: int, concurrency: int) -> PhaseResult:
-        namespace = self.new_namespace(f"{phase}{round_}")
-        opted_out = phase == "O"  # the webhook's CEL matchConditions exclude these pods
+    def run_phase(
+        self, phase: Phase, round_: int, namespace: str, pods: int, concurrency: int
+    ) -> PhaseResult:
+        served = self.servers.served.get(phase.server) if phase.server else None
+        answering = served.answering if served else []
+        watcher = served.watcher if served else None
         bodies = [
-            json.dumps(make_pod(f"pod-{i:05d}", opted_out=opted_out)).encode() for i in range(pods)
+            json.dumps(make_pod(f"pod-{i:05d}", opted_out=phase.opted_out)).encode()
+            for i in range(pods)
         ]
         load_before = settle()
         meter = CpuMeter(self.pids())
         api_before = parse_metrics(self.api.metrics(), APISERVER_SERIES)
-        operator_before = self.operator_metrics()
+        operator_before = self.metrics_of([*answering, watcher])
+        watch_before = self.metrics_of([watcher]) if watcher else {}
         sampler = None
-        if self.sample_dir is not None and self.operator is not None:
-            output = self.sample_dir / f"operator-{phase}{round_}.txt"
-            sampler = Sampler(self.operator.process.pid, output)
-            self.samples[f"{phase}{round_}"] = output
+        if self.sample_dir is not None and phase.server == "ours" and answering:
+            output = self.sample_dir / f"operator-{phase.letter}{round_}.txt"
+            sampler = Sampler(answering[0].process.pid, output)
+            self.samples[f"{phase.letter}{round_}"] = output
         try:
             outcomes, wall = create_pods(self.api, namespace, bodies, concurrency, meter.begin)
             window_cpu, window_machine = meter.end()
-            # The operator may still be handling the pods' watch events: CPU counts until it
-            # has seen them all, so that work that spills past the last response is not lost.
+            # The watcher may still be handling the pods' events: CPU counts until it has
+            # seen them all, so that work that spills past the last response is not lost.
             created = sum(1 for o in outcomes if o.status == 201)
-            drain = self.drain_watch(operator_before, created)
+            drain = self.drain_watch(watcher, watch_before, created) if watcher else 0.0
             cpu, machine = meter.end() if drain else (window_cpu, window_machine)
         finally:
             if sampler is not None:
                 sampler.stop()
         api_after = parse_metrics(self.api.metrics(), APISERVER_SERIES)
-        operator_after = self.operator_metrics()
+        operator_after = self.metrics_of([*answering, watcher])
 
         failures: Counter[str] = Counter()
         values: dict[str, str | None] = {}
@@ -624,7 +803,7 @@ class Bench:
         stored = {pod["metadata"]["name"]: gomemlimit_of(pod) for pod in self.list_pods(namespace)}
         fail_opens = 0
         for name, value in values.items():
-            if phase in MUTATED:
+            if phase.mutated:
                 if value != EXPECTED or stored.get(name) != EXPECTED:
                     fail_opens += 1
             elif value is not None or stored.get(name) is not None:
@@ -636,7 +815,7 @@ class Bench:
             failures["created but not listed"] += missing
         self.delete_pods(namespace)
         return PhaseResult(
-            phase=phase,
+            phase=phase.letter,
             round=round_,
             pods=pods,
             concurrency=concurrency,
@@ -692,19 +871,16 @@ class Sampler:
 
 # (label, frames that must all be on the stack: (function, part of the file name))
 SAMPLE_MARKERS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("webhook requests (aiohttp, kopf, TLS)", (("_handle_request", "aiohttp/web_protocol"),)),
-    ("  kopf serve_admission_request", (("serve_admission_request", "kopf/"),)),
-    ("    our handler: PodWebhook.__call__", (("__call__", "gomemlimit_operator/webhook"),)),
-    ("      of which admit()", (("admit", "gomemlimit_operator/webhook"),)),
-    ("    kopf Patch.as_json_patch", (("as_json_patch", "kopf/"),)),
-    ("      of which jsonpatch from_diff", (("from_diff", "jsonpatch"),)),
-    ("      of which our patch function", (("apply", "gomemlimit_operator/webhook"),)),
+    ("webhook requests (aiohttp, TLS)", (("_handle_request", "aiohttp/web_protocol"),)),
+    ("  our lean route (ServingWebhookServer._serve)", (("_serve", "runtime/webhook"),)),
+    ("    PodWebhook.review", (("review", "runtime/webhook"),)),
+    ("      of which admit()", (("admit", "runtime/webhook"),)),
+    ("      of which logging", (("review", "runtime/webhook"), ("", "logging/__init__"))),
+    ("    of which our metrics", (("_serve", "runtime/webhook"), ("", "prometheus_client"))),
     ("pod and policy watch events (kopf)", (("process_resource_event", "kopf/"),)),
-    ("  kopf essence of the body", (("_detect_causes", "kopf/"),)),
-    ("  our pod watcher (PodWatcher.handle)", (("handle", "gomemlimit_operator/watcher"),)),
+    ("  our pod watcher (PodWatcher.handle)", (("handle", "runtime/watcher"),)),
     ("watch streams: read and parse (kopf)", (("continuous_watch", "kopf/"),)),
     ("TLS (asyncio sslproto) anywhere", (("", "asyncio/sslproto"),)),
-    ("copy.deepcopy anywhere", (("deepcopy", "copy.py"),)),
     ("logging anywhere", (("", "logging/__init__"),)),
     ("operator threads (status, leader, probes)", (("", "threading.py"),)),
 )
@@ -830,7 +1006,6 @@ def best_per_call(fn: Callable[[], object], calls: int, repeats: int = 5) -> flo
 
 
 def micro_benchmark(calls: int) -> list[tuple[str, str]]:
-    import kopf
     from prometheus_client import CollectorRegistry
 
     from gomemlimit_operator.core.api import parse_policy
@@ -883,42 +1058,32 @@ def micro_benchmark(calls: int) -> list[tuple[str, str]]:
     webhook = PodWebhook(
         registry, exempt=lambda ns: False, metrics=AdmissionMetrics(CollectorRegistry())
     )
-    loops: list[asyncio.AbstractEventLoop] = []
+    loop = asyncio.new_event_loop()
 
-    def handle(with_patch: bool) -> Callable[[], object]:
-        loop = asyncio.new_event_loop()
-        loops.append(loop)
-
-        def call() -> object:
-            if not with_patch:
-                patch = kopf.Patch()
-                loop.run_until_complete(webhook(body=pod, patch=patch, dryrun=False, warnings=[]))
-                return None
-            body = kopf.Body(cast(kopf.RawBody, copy.deepcopy(pod)))  # as kopf wraps a request
-            patch = kopf.Patch(body=body)
-            loop.run_until_complete(webhook(body=body, patch=patch, dryrun=False, warnings=[]))
-            return patch.as_json_patch()
-
-        return call
+    def lean() -> bytes:
+        """What the lean route does per request: decode, decide, build the patch, encode."""
+        answer = loop.run_until_complete(webhook.review(orjson.loads(review_bytes)))
+        return orjson.dumps(answer)
 
     def review_round_trip() -> object:
-        request = json.loads(review_bytes)
+        request = orjson.loads(review_bytes)
         ops = [{"op": "add", "path": "/spec/containers/0/env/-", "value": {"name": "GOMEMLIMIT"}}]
-        return json.dumps({"response": {"uid": request["request"]["uid"], "patch": ops}})
+        return orjson.dumps({"response": {"uid": request["request"]["uid"], "patch": ops}})
 
     try:
-        patch_ops = handle(True)()
-        assert isinstance(patch_ops, list)
-        assert patch_ops
+        answer = orjson.loads(lean())
+        patch_ops = orjson.loads(base64.b64decode(answer["response"]["patch"]))
+        assert patch_ops == [dict(op) for op in decision.operations], patch_ops
         rows = [
-            ("admit(): decision only", best_per_call(lambda: admit(pod, registry=registry), calls)),
-            ("PodWebhook handler (admit + copies + log)", best_per_call(handle(False), calls)),
-            ("handler + kopf Body/Patch + JSON-Patch diff", best_per_call(handle(True), calls)),
-            ("AdmissionReview JSON decode + encode", best_per_call(review_round_trip, calls)),
+            (
+                "admit(): decision and patch",
+                best_per_call(lambda: admit(pod, registry=registry), calls),
+            ),
+            ("lean route: JSON in, decide, log, JSON out", best_per_call(lean, calls)),
+            ("AdmissionReview JSON decode + encode alone", best_per_call(review_round_trip, calls)),
         ]
     finally:
-        for loop in loops:
-            loop.close()
+        loop.close()
         webhook_logger.removeHandler(sink)
         sink.close()
         webhook_logger.setLevel(saved[0])
@@ -949,10 +1114,11 @@ def phase_line(result: PhaseResult) -> str:
     failures = ", ".join(f"{k}: {v}" for k, v in sorted(result.failures.items())) or "none"
     cores = result.window_machine_cpu / result.wall
     return (
-        f"  {result.phase}{result.round} {PHASES[result.phase]:<30} {result.rate:7.1f} creates/s  "
-        f"{latency_text(result.latencies)}  failures {result.failed}/{result.pods} ({failures})"
-        f"  machine {cores:.2f} cores busy (before: {result.load_before:.2f})"
-        + (f"  operator saw all pods +{result.drain:.2f}s" if result.drain else "")
+        f"  {result.phase}{result.round} {PHASES[result.phase].description:<42} "
+        f"{result.rate:7.1f} creates/s  {latency_text(result.latencies)}  "
+        f"failures {result.failed}/{result.pods} ({failures})  machine {cores:.2f} cores busy "
+        f"(before: {result.load_before:.2f})"
+        + (f"  watcher saw all pods +{result.drain:.2f}s" if result.drain else "")
     )
 
 
@@ -961,8 +1127,12 @@ class Pooled:
     rate: float  # pods / summed wall time
     latencies: list[float]
     failed: int
+    fail_opens: int
     pods: int
+    concurrency: int
     cpu_ms: dict[str, float]  # CPU milliseconds per pod, by process, plus "machine"
+    round_trip: Histogram  # the API server's view of the webhook call
+    handler: Histogram  # our handler (ours only)
 
 
 def pool(results: list[PhaseResult], phase: str) -> Pooled | None:
@@ -974,103 +1144,151 @@ def pool(results: list[PhaseResult], phase: str) -> Pooled | None:
         name: 1000 * sum(r.cpu.get(name, 0.0) for r in chosen) / pods
         for name in sorted({n for r in chosen for n in r.cpu})
     }
-    cpu_ms["ours"] = sum(cpu_ms.values())
+    cpu_ms["all processes"] = sum(cpu_ms.values())
     cpu_ms["machine"] = 1000 * sum(r.machine_cpu for r in chosen) / pods
+    apiserver = merged([r.apiserver for r in chosen])
+    operator = merged([r.operator for r in chosen])
     return Pooled(
         rate=pods / sum(r.wall for r in chosen),
         latencies=[x for r in chosen for x in r.latencies],
         failed=sum(r.failed for r in chosen),
+        fail_opens=sum(r.fail_opens for r in chosen),
         pods=pods,
+        concurrency=chosen[0].concurrency,
         cpu_ms=cpu_ms,
+        round_trip=histogram(
+            apiserver, "apiserver_admission_webhook_admission_duration_seconds", name=WEBHOOK_NAME
+        ),
+        handler=histogram(operator, "gomemlimit_admission_duration_seconds"),
     )
 
 
-def summary(results: list[PhaseResult]) -> None:
+OURS_PROCESSES = {
+    "ours": ("operator",),
+    "split1": ("webhook-split1", "watcher"),
+    "split2": ("webhook-split2-1", "webhook-split2-2", "watcher"),
+}
+
+
+def ours_cpu(p: Pooled, server: str, *, webhook_only: bool = False) -> float | None:
+    """CPU ms per pod of our processes serving ``server`` (without the watcher: webhook_only)."""
+    names = [n for n in OURS_PROCESSES.get(server, ()) if not (webhook_only and n == "watcher")]
+    return sum(p.cpu_ms.get(n, 0.0) for n in names) if names else None
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None or math.isnan(value) else round(value, digits)
+
+
+def phase_json(phase: str, p: Pooled) -> dict[str, Any]:
+    def quantile(h: Histogram, q: float) -> float | None:
+        value = h.quantile(q)
+        return None if value is None else round(value * 1000, 3)
+
+    return {
+        "description": PHASES[phase].description,
+        "pods": p.pods,
+        "concurrency": p.concurrency,
+        "creates_per_second": round(p.rate, 1),
+        "p50_ms": rounded(1000 * percentile(p.latencies, 0.50), 2),
+        "p95_ms": rounded(1000 * percentile(p.latencies, 0.95), 2),
+        "p99_ms": rounded(1000 * percentile(p.latencies, 0.99), 2),
+        "max_ms": rounded(1000 * max(p.latencies), 2),
+        "failures": p.failed,
+        "fail_opens": p.fail_opens,
+        "cpu_ms_per_pod": {name: round(value, 3) for name, value in p.cpu_ms.items()},
+        "webhook_round_trip_ms": {
+            "mean": None if p.round_trip.mean is None else round(p.round_trip.mean * 1000, 3),
+            "p99": quantile(p.round_trip, 0.99),
+        },
+        "handler_ms": {
+            "mean": None if p.handler.mean is None else round(p.handler.mean * 1000, 3),
+            "p99": quantile(p.handler, 0.99),
+        },
+    }
+
+
+def report(results: list[PhaseResult], micro: list[tuple[str, str]]) -> dict[str, Any]:
+    """Print the summary; return the results for ``bench/results``."""
     pooled = {phase: p for phase in PHASES if (p := pool(results, phase)) is not None}
     print("\n--- summary (rounds pooled; creates/s = pods / summed wall time)")
     for phase, p in pooled.items():
         print(
-            f"  {phase} {PHASES[phase]:<30} {p.rate:7.1f} creates/s  {latency_text(p.latencies)}  "
-            f"failures {p.failed}/{p.pods} ({100 * p.failed / p.pods:.2f}%)  "
-            f"CPU {p.cpu_ms['ours']:.1f} ms/pod"
+            f"  {phase} {PHASES[phase].description:<42} {p.rate:7.1f} creates/s  "
+            f"{latency_text(p.latencies)}  failures {p.failed}/{p.pods} "
+            f"({100 * p.failed / p.pods:.2f}%)  CPU {p.cpu_ms['all processes']:.2f} ms/pod"
         )
-    a, b, o = pooled.get("A"), pooled.get("B"), pooled.get("O")
-    if a is not None and b is not None:
-        anchor = ANCHOR["webhook"] / ANCHOR["no webhook"] - 1
-        print(
-            f"  webhook cost under load (B vs A): {100 * (b.rate / a.rate - 1):+.1f}% creates/s, "
-            f"p99 {ms(percentile(a.latencies, 0.99))} -> {ms(percentile(b.latencies, 0.99))} ms, "
-            f"CPU {a.cpu_ms['ours']:.1f} -> {b.cpu_ms['ours']:.1f} ms/pod"
-        )
-        print(
-            f"  Kyverno 1.18.1 anchor (32 vCPU): {100 * anchor:+.1f}% creates/s, p99 "
-            f"{ANCHOR['p99 no webhook'] * 1000:.0f} -> {ANCHOR['p99 webhook'] * 1000:.0f} ms, "
-            "0.0% failures"
-        )
-        if o is not None:
-            print(
-                f"  split: operator running, webhook not called (O vs A) "
-                f"{100 * (o.rate / a.rate - 1):+.1f}%; the webhook call (B vs O) "
-                f"{100 * (b.rate / o.rate - 1):+.1f}%"
-            )
-    sa, sb = pooled.get("a"), pooled.get("b")
-    if sa is not None and sb is not None:
-        print(
-            "  one client, no load: p50 "
-            f"{ms(percentile(sa.latencies, 0.5))} -> {ms(percentile(sb.latencies, 0.5))} ms, "
-            f"p99 {ms(percentile(sa.latencies, 0.99))} -> {ms(percentile(sb.latencies, 0.99))} ms"
-        )
+    a = pooled.get("A")
+    ratios = {
+        f"{phase}/A": round(p.rate / a.rate, 4)
+        for phase, p in pooled.items()
+        if a is not None and phase.isupper() and phase not in ("A", BURST)
+    }
+    if ratios:
+        print("  throughput against A: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+        anchor = ANCHOR["webhook"] / ANCHOR["no webhook"]
+        print(f"  (Kyverno 1.18.1 anchor, 32 vCPU: {anchor:.2f}, 0.0% failures)")
 
-    # With one client the phases are short and mostly idle: background work dominates.
-    loaded = {phase: p for phase, p in pooled.items() if phase.isupper()}
+    loaded = {phase: p for phase, p in pooled.items() if not PHASES[phase].serial}
     print(
-        "\n--- CPU milliseconds per pod created, by process (loaded phases, rounds pooled; "
-        "until the operator had seen every pod)"
+        "\n--- CPU milliseconds per pod created, by process (rounds pooled; until the watcher "
+        "had seen every pod)"
     )
-    labels = {"ours": "all of the above", "machine": "whole machine (+ others)"}
+    labels = {"all processes": "all of the above", "machine": "whole machine (+ others)"}
     names = sorted({name for p in loaded.values() for name in p.cpu_ms if name not in labels})
     print("  " + f"{'process':<26}" + "".join(f"{phase:>9}" for phase in loaded))
     for name in [*names, *labels]:
         cells = "".join(f"{p.cpu_ms.get(name, 0.0):>9.2f}" for p in loaded.values())
         print("  " + f"{labels.get(name, name):<26}" + cells)
 
-    print("\n--- server-side metrics (deltas over each phase; p99~ from histogram buckets)")
-    for r in results:
-        post = histogram(
-            r.apiserver,
-            "apiserver_request_duration_seconds",
-            verb="POST",
-            resource="pods",
-            subresource="",
-        )
-        calls = total(r.apiserver, "apiserver_admission_webhook_request_total", name=WEBHOOK_NAME)
-        line = (
-            f"  {r.phase}{r.round}: pod POST inside the API server: mean {ms(post.mean)} "
-            f"p99~{ms(post.quantile(0.99))} ms; webhook calls {calls:.0f}"
-        )
-        if r.phase in WITH_OPERATOR:
-            answered = total(r.operator, "gomemlimit_admission_requests_total")
-            line += f"; operator answered {answered:.0f}"
-        print(line)
-        if r.phase not in MUTATED:
+    print("\n--- server-side metrics (pooled deltas; p99~ from histogram buckets)")
+    for phase, p in pooled.items():
+        if not PHASES[phase].mutated:
             continue
-        round_trip = histogram(
-            r.apiserver, "apiserver_admission_webhook_admission_duration_seconds", name=WEBHOOK_NAME
+        line = (
+            f"  {phase}: webhook round trip (API server) mean {ms(p.round_trip.mean)} "
+            f"p99~{ms(p.round_trip.quantile(0.99))} ms"
         )
-        handler = histogram(r.operator, "gomemlimit_admission_duration_seconds")
-        fail_open = total(
-            r.apiserver, "apiserver_admission_webhook_fail_open_count", name=WEBHOOK_NAME
-        )
-        mutated = total(r.operator, "gomemlimit_admission_requests_total", result="mutated")
+        if p.handler.count:
+            line += f"; our handler mean {ms(p.handler.mean)} p99~{ms(p.handler.quantile(0.99))} ms"
+        print(line + f"; fail-opens {p.fail_opens}")
+
+    out: dict[str, Any] = {
+        "phases": {phase: phase_json(phase, p) for phase, p in pooled.items()},
+        "ratios": ratios,
+        "anchor": ANCHOR,
+        "micro": dict(micro),
+    }
+    b, w = pooled.get("B"), pooled.get("W")
+    out["operator_cpu_ms_per_admitted_pod"] = rounded(ours_cpu(b, "ours")) if b else None
+    out["webhook_cpu_ms_per_admitted_pod"] = (
+        rounded(ours_cpu(w, "split2", webhook_only=True)) if w else None
+    )
+    out["split_cpu_ms_per_admitted_pod"] = rounded(ours_cpu(w, "split2")) if w else None
+    f = pooled.get(BURST)
+    out["fail_open_500"] = (
+        {
+            "pods": f.pods,
+            "concurrency": f.concurrency,
+            "workers": 2,
+            "fail_opens": f.fail_opens,
+            "failures": f.failed,
+        }
+        if f
+        else None
+    )
+    print(
+        f"\n  our CPU per admitted pod: one process {out['operator_cpu_ms_per_admitted_pod']} ms "
+        f"(webhook and pod watch); split: webhook processes "
+        f"{out['webhook_cpu_ms_per_admitted_pod']} ms, with the watcher "
+        f"{out['split_cpu_ms_per_admitted_pod']} ms"
+    )
+    if f is not None:
         print(
-            f"      webhook round trip (API server): mean {ms(round_trip.mean)} "
-            f"p99~{ms(round_trip.quantile(0.99))} ms; our handler: mean {ms(handler.mean)} "
-            f"p99~{ms(handler.quantile(0.99))} ms"
+            f"  burst: {f.pods} creates by {f.concurrency} clients through 2 webhook processes: "
+            f"{f.fail_opens} fail-opens, {f.failed} failures"
         )
-        print(
-            f"      fail-open (API server) {fail_open:.0f}; mutated (operator) {mutated:.0f}; "
-            f"pods stored without GOMEMLIMIT={EXPECTED}: {r.fail_opens}"
-        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1078,101 +1296,153 @@ def summary(results: list[PhaseResult]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def control_plane(work: Path) -> Iterator[Any]:
-    from tests.cluster.controlplane import ControlPlane, ensure_built
+@dataclass(frozen=True)
+class Plan:
+    pods: int
+    concurrency: int
+    rounds: int
+    phases: str
+    serial_pods: int
+    burst_pods: int
+    burst_concurrency: int
+    calls: int
 
-    ensure_built()
-    cluster = ControlPlane(work / "cluster")
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    @classmethod
+    def of(cls, quick: bool, **overrides: Any) -> Plan:
+        if quick:
+            plan = cls(60, 16, 1, ROUND_PHASES, 20, 150, 150, 200)
+        else:
+            plan = cls(600, 32, 2, ROUND_PHASES, 100, 1000, 500, 1000)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**plan.__dict__, **given})
 
 
-def run(args: argparse.Namespace) -> None:
-    print(f"--- micro-benchmark: one 2-container pod, {args.calls:,} calls, best of 5")
-    for label, value in micro_benchmark(args.calls):
+def collect(
+    run: BenchRun, plan: Plan | None = None, sample_dir: Path | None = None
+) -> dict[str, Any]:
+    plan = plan or Plan.of(run.quick)
+    print(f"--- micro-benchmark: one 2-container pod, {plan.calls:,} calls, best of 5")
+    micro = micro_benchmark(plan.calls)
+    for label, value in micro:
         print(f"  {label:<46} {value}")
-    if args.micro_only:
-        return
 
-    work = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
-    sample_dir = Path(args.sample_operator).resolve() if args.sample_operator else None
-    if sample_dir is not None:
-        sample_dir.mkdir(parents=True, exist_ok=True)
+    work = run.directory("webhook")
+    token = secrets.token_hex(2)
+    schedule = [
+        (PHASES[letter], round_) for round_ in range(1, plan.rounds + 1) for letter in plan.phases
+    ]
+    if plan.burst_pods:
+        schedule.append((PHASES[BURST], 1))
+    names = {
+        (phase.letter, round_): f"bench-{token}-{phase.slug}{round_}" for phase, round_ in schedule
+    }
+    warm_up = f"bench-{token}-warm-up"
+    namespaces: dict[str, list[str]] = {}
+    for (letter, _), name in names.items():
+        server = PHASES[letter].server
+        if server is not None:
+            namespaces.setdefault(server, []).append(name)
     print(
-        f"\n--- load: {args.pods:,} pods per phase with {args.concurrency} concurrent clients "
-        f"({args.serial_pods:,} with 1 client in phases a, b), {args.rounds} rounds of "
-        f"{args.phases} (work dir {work})"
+        f"\n--- load: {plan.pods:,} pods per phase with {plan.concurrency} concurrent clients, "
+        f"{plan.rounds} round(s) of {plan.phases}"
+        + (
+            f", then {plan.burst_pods:,} pods by {plan.burst_concurrency} clients (F)"
+            if plan.burst_pods
+            else ""
+        )
+        + f" (work dir {work})"
     )
+    began = time.monotonic()
+    cluster = run.cluster()
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(policy_manifest()))
+    certificate = serving_certificate(work / "tls")
+    servers = Servers(cluster, work, certificate, namespaces, f"bench-{token}-lease")
+    bench = Bench(cluster, work, servers, sample_dir)
     results: list[PhaseResult] = []
-    with control_plane(work) as cluster:
-        bench = Bench(cluster, work, sample_dir)
-        try:
-            bench.install()
-            print(f"  control plane up in {cluster.startup_seconds:.1f}s at {cluster.server}")
-            warm = bench.run_phase("A", 0, max(args.pods // 2, 50), args.concurrency)
-            print(f"  (warm-up, not counted: {warm.rate:.1f} creates/s)")
-            for round_ in range(1, args.rounds + 1):
-                for phase in args.phases:
-                    if phase not in WITH_OPERATOR:
-                        bench.stop_operator()
-                        leftover = bench.webhook_configurations()
-                        if leftover:
-                            raise RuntimeError(f"webhook configurations left: {leftover}")
-                    elif bench.operator is None:
-                        bench.start_operator()
-                        print(
-                            f"  operator ready in {bench.startup_seconds[-1]:.1f}s "
-                            f"(webhook configurations: {bench.webhook_configurations()})"
-                        )
-                    serial = phase.islower()
-                    result = bench.run_phase(
-                        phase,
-                        round_,
-                        args.serial_pods if serial else args.pods,
-                        1 if serial else args.concurrency,
-                    )
-                    results.append(result)
-                    print(phase_line(result), flush=True)
-        except BaseException:
-            print(f"  failed; operator logs kept in {work}", file=sys.stderr)
-            raise
-        finally:
-            bench.stop_operator()
-    shutil.rmtree(work, ignore_errors=True)
-    summary(results)
+    try:
+        for name in [warm_up, *names.values()]:
+            bench.create_namespace(name)
+        servers.start()
+        for (letter, _), name in names.items():
+            if PHASES[letter].mutated:
+                bench.wait_mutating(name)
+        print(
+            f"  control plane and {len(servers.processes)} server processes ready in "
+            f"{time.monotonic() - began:.1f}s; every server mutates a dry-run create"
+        )
+        warm = bench.run_phase(PHASES["A"], 0, warm_up, max(plan.pods // 2, 50), plan.concurrency)
+        print(f"  (warm-up, not counted: {warm.rate:.1f} creates/s)")
+        for phase, round_ in schedule:
+            if phase.letter == BURST:
+                pods, concurrency = plan.burst_pods, plan.burst_concurrency
+            elif phase.serial:
+                pods, concurrency = plan.serial_pods, 1
+            else:
+                pods, concurrency = plan.pods, plan.concurrency
+            result = bench.run_phase(phase, round_, names[phase.letter, round_], pods, concurrency)
+            results.append(result)
+            print(phase_line(result), flush=True)
+    except BaseException:
+        print(f"  failed; logs kept in {work}", file=sys.stderr)
+        run.keep = True
+        raise
+    finally:
+        servers.stop()
+    out = report(results, micro)
     report_samples(bench.samples)
+    out["plan"] = plan.__dict__
+    return out
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_webhook")
-    parser.add_argument("--pods", type=int, default=600, help="pods per loaded phase")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
-    parser.add_argument(
-        "--serial-pods", type=int, default=100, help="pods per one-client phase (a, b)"
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the phases")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (CI)")
+    parser.add_argument("--pods", type=int, help="pods per loaded phase (600; quick 60)")
+    parser.add_argument("--concurrency", type=int, help="concurrent clients (32; quick 16)")
+    parser.add_argument("--serial-pods", type=int, help="pods per one-client phase (a, b)")
+    parser.add_argument("--rounds", type=int, help="rounds of the phases (2; quick 1)")
     parser.add_argument(
         "--phases",
-        default="AaBbO",
-        help="phases of a round, in order: A no webhook, B webhook, O operator running but "
-        "webhook not called (pods opted out); a, b: A and B with one client",
+        help=f"phases of a round, in order (default {ROUND_PHASES}): "
+        + "; ".join(f"{p.letter} {p.description}" for p in PHASES.values() if p.letter != BURST),
     )
-    parser.add_argument("--calls", type=int, default=1000, help="micro-benchmark calls")
+    parser.add_argument("--burst-pods", type=int, help="pods of the burst (F; 0: none)")
+    parser.add_argument("--burst-concurrency", type=int, help="clients of the burst (500)")
+    parser.add_argument("--calls", type=int, help="micro-benchmark calls")
     parser.add_argument("--micro-only", action="store_true", help="only the micro-benchmark")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--sample-operator",
         metavar="DIR",
-        help="attach py-spy (pip install py-spy) to the operator in every phase it runs in, "
-        "keep DIR/operator-<phase><round>.txt and print where its CPU time went",
+        help="attach py-spy (pip install py-spy) to B's operator in every B phase, keep "
+        "DIR/operator-B<round>.txt and print where its CPU time went",
     )
     args, _ = parser.parse_known_args(argv)
-    if not args.phases or set(args.phases) - set(PHASES):
-        parser.error(f"--phases: use letters from {''.join(PHASES)}")
-    run(args)
+    if args.phases is not None and (
+        not args.phases or set(args.phases) - set(PHASES) or BURST in args.phases
+    ):
+        parser.error(f"--phases: use letters from {''.join(set(PHASES) - {BURST})}")
+    plan = Plan.of(
+        args.quick,
+        pods=args.pods,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
+        phases=args.phases,
+        serial_pods=args.serial_pods,
+        burst_pods=args.burst_pods,
+        burst_concurrency=args.burst_concurrency,
+        calls=args.calls,
+    )
+    if args.micro_only:
+        for label, value in micro_benchmark(plan.calls):
+            print(f"  {label:<46} {value}")
+        return
+    sample_dir = Path(args.sample_operator).resolve() if args.sample_operator else None
+    if sample_dir is not None:
+        sample_dir.mkdir(parents=True, exist_ok=True)
+    with BenchRun(quick=args.quick, keep=args.keep) as run:
+        result = collect(run, plan, sample_dir)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

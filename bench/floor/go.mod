@@ -1,0 +1,3 @@
+module gomemlimit-operator/bench/floor
+
+go 1.26
