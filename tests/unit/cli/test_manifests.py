@@ -103,3 +103,60 @@ def test_libyaml_and_the_pure_python_parser_read_the_same() -> None:
             yaml.load_all(text, Loader=manifests._Loader)
         ), path
     assert yaml.load("at: 2024-01-01", Loader=pure) == {"at": "2024-01-01"}  # no timestamps
+
+
+TRICKY_YAML = [
+    "a: 1\nb: 0x1f\nc: 1.5\nd: .inf\ne: true\nf: no\ng: ~\nh: null\ni: '1'\nj: 2024-01-01\n",
+    "k: !!binary aGVsbG8=\nl: !!str 12\nm: !!int '7'\n",
+    "base: &b {cpu: 1, memory: 1Gi}\nx: *b\ny: *b\n",
+    "base: &b {cpu: 1}\nmerged:\n  <<: *b\n  memory: 2Gi\n",
+    "? [a, b]\n: complex key\n",
+    "dup: 1\ndup: 2\n",
+    "list: &l [1, 2]\nother: *l\n",
+    "tagged: !!map {a: 1}\nseq: !!seq [1]\nset: !!set {a, b}\nomap: !!omap [a: 1]\n",
+    "deep: " + "[" * 150 + "]" * 150 + "\n",
+    "1: one\ntrue: yes\n~: nothing\n1.5: float key\n",
+    "--- {a: 1}\n---\n--- [x, y]\n",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_YAML)
+def test_the_fast_builder_reads_what_pyyaml_reads(text: str) -> None:
+    """_build takes strings, maps and lists itself and leaves everything else to PyYAML's
+    SafeConstructor: the result is the same (timestamps aside, which stay strings), with
+    every alias a separate copy."""
+    import yaml
+
+    from gomemlimit_operator.cli import manifests
+
+    reference = type("Reference", (yaml.SafeLoader,), {})
+    reference.yaml_implicit_resolvers = manifests._Loader.yaml_implicit_resolvers
+    for loader in (manifests._Loader, manifests._kubernetes_loader(yaml.SafeLoader)):
+        try:
+            want = list(yaml.load_all(text, Loader=reference))
+        except yaml.YAMLError as exc:
+            with pytest.raises(type(exc)):
+                list(yaml.load_all(text, Loader=loader))
+            continue
+        got = list(yaml.load_all(text, Loader=loader))
+        assert got == want
+
+    documents = list(yaml.load_all("base: &b {cpu: 1}\nx: *b\ny: *b\n", Loader=manifests._Loader))
+    document = documents[0]
+    assert document["x"] == document["y"] == {"cpu": 1}
+    assert document["x"] is not document["y"]
+    assert document["x"] is not document["base"]
+    # A merge key sends the document down PyYAML's path, which shares the alias: unshared.
+    merged = yaml.load("base: &b {c: 1}\nm:\n  <<: *b\nx: *b\n", Loader=manifests._Loader)
+    assert merged["x"] == merged["base"] == {"c": 1}
+    assert merged["x"] is not merged["base"]
+
+
+def test_a_recursive_alias_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("a: &a [*a]\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests([str(path)])
+    assert str(caught.value) == (
+        f"{path}: invalid YAML: an alias refers to itself, or the nesting is too deep"
+    )
