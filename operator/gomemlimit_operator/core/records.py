@@ -3,8 +3,18 @@
 The store never keeps a pod object. Per pod it keeps its identity, its labels
 (to re-run policy precedence), the engine's :class:`~.engine.PodFacts` (enough to
 reproduce every container's state under any policy), the governing policy and
-one verdict per container. Equal labels and equal facts are shared between pods
-(replicas of one workload), so a pod costs a few hundred bytes.
+one verdict per container: about 300 bytes for Deployment-like pods and 450 to 700
+bytes when no two pods are alike (bench/bench_records.py). What makes it small:
+
+* one dict of records by uid, and no other per-pod index (see :class:`PodStore`);
+* labels as one tuple of their values after a shared tuple of their keys
+  (:func:`labels_key`); equal label sets are shared between pods (replicas of one
+  workload), except a set that holds the pod's own name (a StatefulSet's
+  ``statefulset.kubernetes.io/pod-name``), which no other pod can share: it is kept with
+  the name's own string and without a pool entry;
+* equal pod facts are shared, and so are equal container facts across pods whose other
+  containers differ (a sidecar every pod runs is kept once);
+* the interning pools count uses only for values used more than once (:class:`_Pool`).
 
 Aggregates are kept incrementally, so a scrape or a status update costs
 O(series), not O(pods):
@@ -39,6 +49,7 @@ from typing import Final, Generic, TypeVar
 from gomemlimit_operator.core.api import ContainerCounts, Policy
 from gomemlimit_operator.core.engine import (
     NONCOMPLIANT_STATES,
+    ContainerFacts,
     PodFacts,
     State,
     container_state,
@@ -54,8 +65,10 @@ __all__ = [
     "Snapshot",
 ]
 
-Labels = tuple[str, ...]
-"""Pod labels as a flat, sorted tuple ``(key1, value1, key2, value2, ...)`` of interned strings."""
+PackedLabels = tuple[tuple[str, ...], *tuple[str, ...]]
+Labels = tuple[()] | PackedLabels
+"""Pod labels: ``()``, or ``(keys, value1, value2, ...)`` with the keys sorted (see
+:func:`labels_key`). The keys tuple is shared by every label set with the same keys."""
 Verdict = tuple[State, bool]
 """A container's state, and whether the pod's policy governs the container."""
 Scope = str | None
@@ -71,50 +84,75 @@ _STATE_FIELDS: Final = frozenset(ContainerCounts.model_fields)
 H = TypeVar("H", bound=Hashable)
 
 
-class _Entry(Generic[H]):
-    __slots__ = ("count", "value")
-
-    def __init__(self, value: H) -> None:
-        self.value, self.count = value, 1
-
-
 class _Pool(Generic[H]):
-    """Reference-counted interning: equal values share one object while any pod uses it."""
+    """Reference-counted interning: equal values share one object while any record uses it.
+
+    One dict entry per distinct value (the value is its own key). Most values in the worst
+    case are used once, so only the values in use more than once have a count, in a second
+    dict.
+    """
+
+    __slots__ = ("_canonical", "_more")
 
     def __init__(self) -> None:
-        self._entries: dict[H, _Entry[H]] = {}
+        self._canonical: dict[H, H] = {}
+        self._more: dict[H, int] = {}
+
+    def share(self, value: H) -> H | None:
+        """The canonical object equal to ``value``, counted once; None (and nothing counted)
+        if there is none, for the caller to :meth:`acquire` the value it makes."""
+        canonical = self._canonical.get(value)
+        if canonical is not None:
+            self._more[canonical] = self._more.get(canonical, 1) + 1
+        return canonical
 
     def acquire(self, value: H) -> H:
-        entry = self._entries.get(value)
-        if entry is None:
-            self._entries[value] = _Entry(value)
+        """The canonical object equal to ``value`` (``value`` itself if new), counted once."""
+        canonical = self._canonical.get(value)
+        if canonical is None:
+            self._canonical[value] = value
             return value
-        entry.count += 1
-        return entry.value
+        self._more[canonical] = self._more.get(canonical, 1) + 1
+        return canonical
 
-    def release(self, value: H) -> None:
-        entry = self._entries[value]
-        entry.count -= 1
-        if not entry.count:
-            del self._entries[value]
+    def release(self, canonical: H) -> bool:
+        """Give back one use of a canonical object; True if that was its last use."""
+        count = self._more.get(canonical)
+        if count is None:
+            del self._canonical[canonical]
+            return True
+        if count == 2:
+            del self._more[canonical]
+        else:
+            self._more[canonical] = count - 1
+        return False
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._canonical)
 
 
-def labels_key(labels: Mapping[str, str] | None) -> Labels:
-    """The compact form of a pod's labels."""
+def labels_key(labels: Mapping[str, str] | None, name: str | None = None) -> Labels:
+    """The compact form of a pod's labels: ``()``, or the sorted tuple of keys followed by
+    the values in that order. Keys and values are interned (``sys.intern``), except a value
+    equal to ``name`` (the pod's name, as StatefulSet pods carry it in
+    ``statefulset.kubernetes.io/pod-name``), which is ``name`` itself: the record keeps that
+    string anyway, and interning a string used once only costs an entry in the interned table.
+    """
     if not labels:
         return ()
-    flat: list[str] = []
-    for key in sorted(labels):
-        flat.append(sys.intern(str(key)))
-        flat.append(sys.intern(str(labels[key])))
-    return tuple(flat)
+    keys = sorted(labels)
+    values: list[str] = []
+    for key in keys:
+        value = str(labels[key])
+        values.append(name if value == name and name is not None else sys.intern(value))
+    return (tuple(sys.intern(str(key)) for key in keys), *values)
 
 
 def labels_dict(labels: Labels) -> dict[str, str]:
-    return dict(zip(labels[::2], labels[1::2], strict=True))
+    """The labels of :func:`labels_key`'s compact form, as a dict."""
+    if not labels:
+        return {}
+    return dict(zip(labels[0], labels[1:], strict=True))
 
 
 @dataclass(slots=True)
@@ -238,6 +276,12 @@ class PodStore:
     started with namespaces) rather than cluster-wide. It only decides which
     records a finished re-listing may sweep (see :meth:`observe`); the safe
     default, True, can only leave a ghost behind, never drop a live pod.
+
+    The records are in one dict, by uid. The operations that concern the pods of one
+    namespace are rare (a namespaced policy or a namespace's labels changed, a listing
+    settled) and scan the records instead, once for every batch of them
+    (:meth:`invalidate`, :meth:`settle`): an index by namespace would cost a dict entry per
+    pod for good, about 35 bytes.
     """
 
     def __init__(
@@ -258,12 +302,19 @@ class PodStore:
         self._wall = wall_clock
         self._lock = threading.Lock()
         self._pods: dict[str, PodRecord] = {}
-        self._by_namespace: dict[str, dict[str, PodRecord]] = {}
+        # Interning (see _share_labels and _share_facts): label sets, their keys, pod facts
+        # and container facts. A label set with the pod's own name as a value is unique to
+        # that pod, so it is not pooled (only counted, for interned()).
         self._labels: _Pool[Labels] = _Pool()
+        self._label_keys: _Pool[tuple[str, ...]] = _Pool()
+        self._own_labels = 0
         self._facts: _Pool[PodFacts] = _Pool()
+        self._containers: _Pool[ContainerFacts] = _Pool()
         self._agg = Aggregates()
-        # Re-evaluation queue (an ordered set of uids) and whether it covers every pod.
+        # Re-evaluation queue (an ordered set of uids) and whether it covers every pod; the
+        # namespaces whose pods are still to be queued (see _queue_namespaces).
         self._pending: dict[str, None] = {}
+        self._pending_namespaces: set[str] = set()
         self._pending_full = False
         self._last_full: float | None = None
         self._reevaluated = 0
@@ -295,24 +346,24 @@ class PodStore:
 
         ``listing``: the event comes from kopf's initial listing (event type None).
         """
-        key = labels_key(labels)
+        compact = labels_key(labels, name)
         namespace = sys.intern(namespace)
         with self._lock:
             if self._touched is not None:
                 self._touched.add(uid)
             seen = self._touch_scope(namespace, listing)
             old = self._pods.get(uid)
-            if old is not None and old.labels == key and old.facts == facts:
+            if old is not None and old.labels == compact and old.facts == facts:
                 old.seen = seen  # the common case: a status-only update
                 return
             evaluation = _Pass(self.registry)
-            policy = evaluation.governing(namespace, key)
+            policy = evaluation.governing(namespace, compact)
             record = PodRecord(
                 namespace=namespace,
                 name=name,
                 uid=uid,
-                labels=self._labels.acquire(key),
-                facts=self._facts.acquire(facts),
+                labels=self._share_labels(compact, name),
+                facts=self._share_facts(facts),
                 policy=policy,
                 verdicts=verdicts(facts, policy),
                 seen=seen,
@@ -364,24 +415,28 @@ class PodStore:
         swept comes back with its listing event.
         """
         now = self._clock()
-        swept = 0
         with self._lock:
+            settled: dict[Scope, int] = {}  # scope -> its listing's epoch
             for scope, last in list(self._listing.items()):
                 if now - last < self.settle_seconds:
                     continue
                 del self._listing[scope]
                 self._listings_done += 1
-                epoch = self._epochs[scope]
-                candidates = (
-                    self._pods.values()
-                    if scope is None
-                    else self._by_namespace.get(scope, {}).values()
-                )
-                for record in [r for r in candidates if r.seen < epoch]:
-                    self._drop(record)
-                    self._pending.pop(record.uid, None)
-                    swept += 1
-        return swept
+                settled[scope] = self._epochs[scope]
+            if not settled:
+                return 0
+            # One pass over the records for every listing settled now. A record whose scope
+            # did not settle compares with 0, and no record's epoch is below 0.
+            per_namespace = self.per_namespace_listing
+            unlisted = [
+                record
+                for record in self._pods.values()
+                if record.seen < settled.get(record.namespace if per_namespace else None, 0)
+            ]
+            for record in unlisted:
+                self._drop(record)
+                self._pending.pop(record.uid, None)
+        return len(unlisted)
 
     @property
     def synced(self) -> bool:
@@ -437,16 +492,29 @@ class PodStore:
 
     # --- re-evaluation without pod events -------------------------------------------------
 
-    def invalidate(self, namespaces: Iterable[str] | None = None) -> int:
-        """Queue the pods of these namespaces (None: every pod) for re-evaluation."""
+    def invalidate(self, namespaces: Iterable[str] | None = None) -> None:
+        """Queue the pods of these namespaces (None: every pod) for re-evaluation.
+
+        Cheap: the pods of the namespaces are looked up by the next :meth:`pending` or
+        :meth:`reevaluate_pending`, in one pass over the records for every namespace
+        queued since.
+        """
         with self._lock:
             if namespaces is None:
                 self._pending.update(dict.fromkeys(self._pods))
                 self._pending_full = True
+                self._pending_namespaces.clear()
             else:
-                for namespace in set(namespaces):
-                    self._pending.update(dict.fromkeys(self._by_namespace.get(namespace, ())))
-            return len(self._pending)
+                self._pending_namespaces.update(namespaces)
+
+    def _queue_namespaces(self) -> None:
+        """Queue the pods of the namespaces :meth:`invalidate` was given (lock held)."""
+        if self._pending_namespaces:
+            wanted = self._pending_namespaces
+            self._pending.update(
+                {uid: None for uid, record in self._pods.items() if record.namespace in wanted}
+            )
+            self._pending_namespaces = set()
 
     def namespace_changed(self, name: str, old: Mapping[str, str], new: Mapping[str, str]) -> None:
         """A :class:`~.registry.PolicyView` namespace listener: a namespace's labels changed,
@@ -465,7 +533,9 @@ class PodStore:
             self.invalidate([key.namespace])
 
     def pending(self) -> int:
+        """How many pods are queued for re-evaluation."""
         with self._lock:
+            self._queue_namespaces()
             return len(self._pending)
 
     def reevaluate_pending(self, budget: int | None = None) -> int:
@@ -477,6 +547,7 @@ class PodStore:
         last full evaluation.
         """
         with self._lock:
+            self._queue_namespaces()
             evaluation = _Pass(self.registry)
             count = 0
             while self._pending and (budget is None or count < budget):
@@ -508,18 +579,56 @@ class PodStore:
 
     def _insert(self, record: PodRecord) -> None:
         self._pods[record.uid] = record
-        self._by_namespace.setdefault(record.namespace, {})[record.uid] = record
         self._account(record, +1)
 
     def _drop(self, record: PodRecord) -> None:
         self._account(record, -1)
         del self._pods[record.uid]
-        in_namespace = self._by_namespace[record.namespace]
-        del in_namespace[record.uid]
-        if not in_namespace:
-            del self._by_namespace[record.namespace]
-        self._labels.release(record.labels)
-        self._facts.release(record.facts)
+        self._release_labels(record.labels, record.name)
+        self._release_facts(record.facts)
+
+    # --- interning ------------------------------------------------------------------------
+
+    def _share_labels(self, labels: Labels, name: str) -> Labels:
+        """The shared object for a pod's compact labels (``labels_key(..., name)``)."""
+        if not labels:
+            return labels
+        if _own(labels, name):
+            self._own_labels += 1
+            return self._with_shared_keys(labels)
+        shared = self._labels.share(labels)
+        if shared is not None:
+            return shared
+        return self._labels.acquire(self._with_shared_keys(labels))
+
+    def _with_shared_keys(self, labels: PackedLabels) -> PackedLabels:
+        keys = self._label_keys.acquire(labels[0])
+        return labels if keys is labels[0] else (keys, *labels[1:])
+
+    def _release_labels(self, labels: Labels, name: str) -> None:
+        if not labels:
+            return
+        if _own(labels, name):
+            self._own_labels -= 1
+        elif not self._labels.release(labels):
+            return
+        self._label_keys.release(labels[0])
+
+    def _share_facts(self, facts: PodFacts) -> PodFacts:
+        """The shared object for these facts, made of shared container facts: a sidecar
+        that every pod runs is kept once, even where the pods' other containers differ."""
+        shared = self._facts.share(facts)
+        if shared is not None:
+            return shared
+        containers = tuple(self._containers.acquire(c) for c in facts.containers)
+        if any(c is not o for c, o in zip(containers, facts.containers, strict=True)):
+            facts = PodFacts(facts.opted_out, containers)
+        return self._facts.acquire(facts)
+
+    def _release_facts(self, facts: PodFacts) -> None:
+        if self._facts.release(facts):
+            for container in facts.containers:
+                self._containers.release(container)
 
     def _account(self, record: PodRecord, sign: int) -> None:
         _accumulate(self._agg, record, sign)
@@ -582,9 +691,28 @@ class PodStore:
             return len(self._pods)
 
     def interned(self) -> tuple[int, int]:
-        """(distinct label sets, distinct pod facts) held; for tests and the benchmark."""
+        """(distinct label sets, distinct pod facts) held; for tests and the benchmark.
+
+        A label set that holds its pod's own name counts once per pod (it is not pooled).
+        """
         with self._lock:
-            return len(self._labels), len(self._facts)
+            return len(self._labels) + self._own_labels, len(self._facts)
+
+    def pools(self) -> dict[str, int]:
+        """Distinct values held by each interning pool; for tests and the benchmark."""
+        with self._lock:
+            return {
+                "labels": len(self._labels),
+                "own_labels": self._own_labels,
+                "label_keys": len(self._label_keys),
+                "facts": len(self._facts),
+                "containers": len(self._containers),
+            }
+
+
+def _own(labels: Labels, name: str) -> bool:
+    """Whether the compact labels hold the pod's own name as a value."""
+    return name in labels[1:]
 
 
 def _accumulate(agg: Aggregates, record: PodRecord, sign: int) -> None:
@@ -608,6 +736,7 @@ def _accumulate(agg: Aggregates, record: PodRecord, sign: int) -> None:
 
 
 def _noncompliant(record: PodRecord, ref: str) -> tuple[NoncompliantContainer, ...]:
+    ref = sys.intern(ref)  # a policy's ref is a new string each time
     return tuple(
         NoncompliantContainer(
             record.namespace, record.name, container.name, ref if governed else "", state

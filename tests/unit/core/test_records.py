@@ -13,7 +13,13 @@ from unit_helpers import Clock, make_pod, observe, policy
 from gomemlimit_operator.core.api import ContainerCounts
 from gomemlimit_operator.core.engine import State, evaluate_pod
 from gomemlimit_operator.core.policy_view import PolicyKey, PolicyView
-from gomemlimit_operator.core.records import NoncompliantContainer, PodStore, labels_dict
+from gomemlimit_operator.core.records import (
+    NoncompliantContainer,
+    PodStore,
+    _Pool,
+    labels_dict,
+    labels_key,
+)
 
 MI = 1024 * 1024
 
@@ -456,3 +462,124 @@ def test_bookkeeping_matches_a_fresh_evaluation(ops: list[tuple[Any, Any, Any]])
         assert record.policy == governing
         reports = evaluate_pod(pod["metadata"], pod["spec"], governing)
         assert [(r.state, r.policy is not None) for r in reports] == list(record.verdicts)
+
+
+# --- the compact forms: labels, shared label keys, shared facts ---------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=6),
+    st.one_of(st.none(), st.text(max_size=8)),
+)
+def test_labels_round_trip(labels: dict[str, str], name: str | None) -> None:
+    compact = labels_key(labels, name)
+    assert labels_dict(compact) == labels
+    assert compact == labels_key(dict(reversed(labels.items())), name)  # order-independent
+    if labels:
+        assert compact[0] == tuple(sorted(labels))
+
+
+def test_a_label_equal_to_the_pod_name_shares_the_name() -> None:
+    name = "".join(["db-", "0"])  # a string of its own, as a decoded body holds it
+    compact = labels_key({"app": "db", "statefulset.kubernetes.io/pod-name": "db-0"}, name)
+    assert compact == (("app", "statefulset.kubernetes.io/pod-name"), "db", "db-0")
+    assert compact[2] is name
+    assert labels_key(None) == labels_key({}) == ()
+    assert labels_dict(()) == {}
+
+
+def test_pool_counts_every_use() -> None:
+    pool: _Pool[tuple[str, ...]] = _Pool()
+    first, equal = ("x", "y"), tuple(["x", "y"])
+    assert first is not equal
+    assert pool.acquire(first) is first
+    assert pool.acquire(equal) is first
+    assert pool.acquire(first) is first
+    assert len(pool) == 1
+    assert pool.share(equal) is first  # a fourth use
+    assert not pool.release(first)
+    assert not pool.release(first)
+    assert not pool.release(first)
+    assert pool.release(first)  # the fourth use was the last
+    assert len(pool) == 0
+    assert pool.share(equal) is None
+    assert len(pool) == 0
+
+
+def test_statefulset_labels_are_kept_per_pod_with_shared_keys(
+    store: PodStore, registry: PolicyView
+) -> None:
+    registry.set_policy(policy("all"))
+    for index in range(3):
+        name = f"db-{index}"
+        observe(
+            store,
+            make_pod(name, labels={"app": "db", "statefulset.kubernetes.io/pod-name": name}),
+        )
+    for index in range(2):
+        observe(store, make_pod(f"web-{index}", labels={"app": "web"}))
+    records = {r.name: r for r in store.records()}
+    assert store.interned()[0] == 4  # three label sets of their own, one shared
+    assert store.pools() == {
+        "labels": 1,
+        "own_labels": 3,
+        "label_keys": 2,
+        "facts": 1,
+        "containers": 1,
+    }
+    assert records["db-0"].labels[0] is records["db-2"].labels[0]  # the keys, once
+    assert records["db-1"].labels[2] is records["db-1"].name  # the name, once
+    assert records["web-0"].labels is records["web-1"].labels
+    assert labels_dict(records["db-1"].labels) == {
+        "app": "db",
+        "statefulset.kubernetes.io/pod-name": "db-1",
+    }
+    # A label change that no longer names the pod moves it to the shared pool.
+    observe(store, make_pod("db-1", labels={"app": "db"}))
+    assert store.pools()["own_labels"] == 2
+    assert store.pools()["labels"] == 2
+    for name in ("db-0", "db-1", "db-2", "web-0", "web-1"):
+        assert store.forget(f"uid-default-{name}")
+    assert store.interned() == (0, 0)
+    assert set(store.pools().values()) == {0}
+
+
+def test_a_sidecar_shared_by_different_pods_is_kept_once(
+    store: PodStore, registry: PolicyView
+) -> None:
+    registry.set_policy(policy("all"))
+    for index in range(3):
+        observe(store, make_pod(f"p{index}", limit=f"{index + 1}Gi", sidecar=True))
+    observe(store, make_pod("q", limit="1Gi", sidecar=True))  # the same facts as p0
+    records = {r.name: r for r in store.records()}
+    assert records["p0"].facts is records["q"].facts
+    assert records["p0"].facts != records["p1"].facts
+    sidecars = {id(record.facts.containers[1]) for record in records.values()}
+    assert len(sidecars) == 1
+    assert store.pools()["facts"] == 3
+    assert store.pools()["containers"] == 4  # three app containers, one sidecar
+    assert store.forget("uid-default-p0")
+    assert store.pools()["containers"] == 4  # q still holds p0's facts
+    assert store.forget("uid-default-q")
+    assert store.pools()["containers"] == 3
+    for name in ("p1", "p2"):
+        assert store.forget(f"uid-default-{name}")
+    assert store.pools()["containers"] == 0
+
+
+def test_queued_namespaces_are_looked_up_when_the_queue_is_read(
+    store: PodStore, registry: PolicyView
+) -> None:
+    for namespace, name in (("a", "p0"), ("a", "p1"), ("b", "p0"), ("c", "p0")):
+        observe(store, make_pod(name, namespace))
+    store.invalidate(["a"])
+    store.invalidate(["a", "b"])  # one pass over the records for both
+    assert store.forget("uid-a-p1")  # gone before the lookup: not queued
+    observe(store, make_pod("p2", "a"))  # new since: queued too, which is harmless
+    assert store.pending() == 3
+    assert store.reevaluate_pending() == 0
+    assert store.pending() == 0
+    store.invalidate(["c"])
+    store.invalidate()  # every pod, the queued namespace's included
+    assert store.pending() == len(store) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import inspect
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,12 @@ from gomemlimit_operator.core.engine import State
 from gomemlimit_operator.core.policy_view import PolicyKey, PolicyView
 from gomemlimit_operator.core.records import PodStore
 from gomemlimit_operator.runtime.app import assert_pods_read_only, build_reporting
-from gomemlimit_operator.runtime.watcher import PodWatcher, confirm_listing, register
+from gomemlimit_operator.runtime.watcher import (
+    PodWatcher,
+    confirm_listing,
+    freeze_records,
+    register,
+)
 
 CLUSTER = "ClusterGoMemPolicy/all"
 
@@ -264,19 +270,32 @@ def test_the_barrier_waits_for_every_listed_pod(store: PodStore) -> None:
     store.quiet_sync = False
     watcher = PodWatcher(store)
     lister = Lister({"uid-default-a", "uid-default-b"})
+    frozen: list[bool] = []  # the records' synced state when the barrier froze the GC
 
     async def scenario() -> None:
-        task = asyncio.create_task(confirm_listing(store, lister, poll=0.01, relist_after=30))
+        task = asyncio.create_task(
+            confirm_listing(
+                store,
+                lister,
+                poll=0.01,
+                relist_after=30,
+                freeze_after=0,
+                freeze=lambda: frozen.append(store.synced),
+            )
+        )
         watcher.handle(event(None, make_pod("a")))
         await asyncio.sleep(0.05)
         assert not task.done()
         assert not store.synced  # b has not been delivered yet
+        assert frozen == []
         watcher.handle(event("DELETED", make_pod("b")))  # an event about b is enough
         await asyncio.wait_for(task, timeout=5)
+        await asyncio.sleep(0.01)  # the freeze is scheduled on the loop
 
     asyncio.run(scenario())
     assert store.synced
     assert lister.calls == 1
+    assert frozen == [True]  # once, after the records were synced
 
 
 def test_the_barrier_drops_pods_a_new_listing_no_longer_has(store: PodStore) -> None:
@@ -287,7 +306,15 @@ def test_the_barrier_drops_pods_a_new_listing_no_longer_has(store: PodStore) -> 
 
     async def scenario() -> None:
         task = asyncio.create_task(
-            confirm_listing(store, lister, poll=0.01, relist_after=0.05, retry=0.01)
+            confirm_listing(
+                store,
+                lister,
+                poll=0.01,
+                relist_after=0.05,
+                retry=0.01,
+                freeze_after=0,
+                freeze=lambda: None,
+            )
         )
         watcher.handle(event(None, make_pod("here", uid="uid-here")))
         await asyncio.wait_for(task, timeout=5)
@@ -295,3 +322,34 @@ def test_the_barrier_drops_pods_a_new_listing_no_longer_has(store: PodStore) -> 
     asyncio.run(scenario())
     assert store.synced
     assert lister.calls == 3  # a failure, then a LIST with "gone", then one without it
+
+
+def test_the_barrier_does_not_list_again_while_the_watch_delivers(store: PodStore) -> None:
+    store.quiet_sync = False
+    watcher = PodWatcher(store)
+    names = [f"p{index}" for index in range(12)]
+    lister = Lister({f"uid-default-{name}" for name in names})
+
+    async def scenario() -> None:
+        task = asyncio.create_task(
+            confirm_listing(
+                store, lister, poll=0.005, relist_after=0.2, freeze_after=0, freeze=lambda: None
+            )
+        )
+        for name in names:  # a listing of 0.6 s: every window of 0.2 s sees progress
+            await asyncio.sleep(0.05)
+            watcher.handle(event(None, make_pod(name)))
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert store.synced
+    assert lister.calls == 1
+
+
+def test_the_freeze_does_not_collect_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full collection with the records in memory is the pause the freeze avoids.
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "collect", lambda *args: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    freeze_records()
+    assert calls == ["freeze"]
