@@ -24,7 +24,7 @@ patch, or the benchmark stops).
 
 For each server: fixed rates in an open loop (latency from each request's scheduled send
 time, so queueing counts; full: 50, 100, 200, 400 and 800 req/s, 10 s each after a 2 s
-warm-up; quick: 200 req/s for 3 s), then saturation: a closed loop over 8 connections (full
+warm-up; quick: 200 req/s for 2 s), then saturation: a closed loop over 8 connections (full
 10 s, quick 3 s). The server's CPU time (``/proc/PID/stat``, all threads) over each run,
 warm-up included, divided by the requests sent, is its CPU per request.
 
@@ -73,7 +73,7 @@ class Plan:
     @classmethod
     def of(cls, quick: bool) -> Plan:
         if quick:
-            return cls(rates=(200,), duration=3.0, warmup=0.25, saturation=3.0, reviews=32)
+            return cls(rates=(200,), duration=2.0, warmup=0.25, saturation=2.0, reviews=32)
         return cls(
             rates=(50, 100, 200, 400, 800), duration=10.0, warmup=2.0, saturation=10.0, reviews=200
         )
@@ -729,7 +729,7 @@ def collect(run: BenchRun) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_service")
-    parser.add_argument("--quick", action="store_true", help="200 req/s and saturation, 3 s each")
+    parser.add_argument("--quick", action="store_true", help="200 req/s and saturation, 2 s each")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args, _ = parser.parse_known_args(argv)
     began = time.monotonic()

@@ -132,6 +132,7 @@ PHASES: dict[str, Phase] = {
         Phase("S", SERVERS["split1"], "split1", "split1-"),
         Phase("W", SERVERS["split2"], "split2", "split2-"),
         Phase("F", "W, burst of concurrent creates", "split2", "burst"),
+        Phase("E", "Go floor, burst of concurrent creates", "go", "burst-go"),
         Phase("O", "ours running, webhook not called", "ours", "skip", opted_out=True),
         Phase("a", "no webhook, 1 client", None, "none-serial", serial=True),
         Phase("b", "ours, one process, 1 client", "ours", "ours-serial", serial=True),
@@ -139,6 +140,9 @@ PHASES: dict[str, Phase] = {
 }
 ROUND_PHASES = "ABGPSW"
 BURST = "F"
+BURSTS = "EF"
+"""After the rounds: the burst through the Go floor (does any webhook fail open here?), then
+through ours (W)."""
 
 # ---------------------------------------------------------------------------------------------
 # Objects
@@ -872,11 +876,14 @@ class Sampler:
 # (label, frames that must all be on the stack: (function, part of the file name))
 SAMPLE_MARKERS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("webhook requests (aiohttp, TLS)", (("_handle_request", "aiohttp/web_protocol"),)),
-    ("  our lean route (ServingWebhookServer._serve)", (("_serve", "runtime/webhook"),)),
+    ("  our webhook server (WebhookServer._handle)", (("_handle", "runtime/webhook_server"),)),
     ("    PodWebhook.review", (("review", "runtime/webhook"),)),
     ("      of which admit()", (("admit", "runtime/webhook"),)),
     ("      of which logging", (("review", "runtime/webhook"), ("", "logging/__init__"))),
-    ("    of which our metrics", (("_serve", "runtime/webhook"), ("", "prometheus_client"))),
+    (
+        "    of which our metrics",
+        (("_handle", "runtime/webhook_server"), ("", "prometheus_client")),
+    ),
     ("pod and policy watch events (kopf)", (("process_resource_event", "kopf/"),)),
     ("  our pod watcher (PodWatcher.handle)", (("handle", "runtime/watcher"),)),
     ("watch streams: read and parse (kopf)", (("continuous_watch", "kopf/"),)),
@@ -1222,7 +1229,7 @@ def report(results: list[PhaseResult], micro: list[tuple[str, str]]) -> dict[str
     ratios = {
         f"{phase}/A": round(p.rate / a.rate, 4)
         for phase, p in pooled.items()
-        if a is not None and phase.isupper() and phase not in ("A", BURST)
+        if a is not None and phase.isupper() and phase != "A" and phase not in BURSTS
     }
     if ratios:
         print("  throughput against A: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
@@ -1265,7 +1272,7 @@ def report(results: list[PhaseResult], micro: list[tuple[str, str]]) -> dict[str
         rounded(ours_cpu(w, "split2", webhook_only=True)) if w else None
     )
     out["split_cpu_ms_per_admitted_pod"] = rounded(ours_cpu(w, "split2")) if w else None
-    f = pooled.get(BURST)
+    f, e = pooled.get(BURST), pooled.get("E")
     out["fail_open_500"] = (
         {
             "pods": f.pods,
@@ -1273,6 +1280,8 @@ def report(results: list[PhaseResult], micro: list[tuple[str, str]]) -> dict[str
             "workers": 2,
             "fail_opens": f.fail_opens,
             "failures": f.failed,
+            "go_floor_fail_opens": e.fail_opens if e else None,
+            "go_floor_failures": e.failed if e else None,
         }
         if f
         else None
@@ -1287,6 +1296,11 @@ def report(results: list[PhaseResult], micro: list[tuple[str, str]]) -> dict[str
         print(
             f"  burst: {f.pods} creates by {f.concurrency} clients through 2 webhook processes: "
             f"{f.fail_opens} fail-opens, {f.failed} failures"
+            + (
+                f"; through the Go floor: {e.fail_opens} fail-opens, {e.failed} failures"
+                if e
+                else ""
+            )
         )
     return out
 
@@ -1332,7 +1346,7 @@ def collect(
         (PHASES[letter], round_) for round_ in range(1, plan.rounds + 1) for letter in plan.phases
     ]
     if plan.burst_pods:
-        schedule.append((PHASES[BURST], 1))
+        schedule += [(PHASES[letter], 1) for letter in BURSTS]
     names = {
         (phase.letter, round_): f"bench-{token}-{phase.slug}{round_}" for phase, round_ in schedule
     }
@@ -1346,7 +1360,7 @@ def collect(
         f"\n--- load: {plan.pods:,} pods per phase with {plan.concurrency} concurrent clients, "
         f"{plan.rounds} round(s) of {plan.phases}"
         + (
-            f", then {plan.burst_pods:,} pods by {plan.burst_concurrency} clients (F)"
+            f", then {plan.burst_pods:,} pods by {plan.burst_concurrency} clients (E, F)"
             if plan.burst_pods
             else ""
         )
@@ -1373,7 +1387,7 @@ def collect(
         warm = bench.run_phase(PHASES["A"], 0, warm_up, max(plan.pods // 2, 50), plan.concurrency)
         print(f"  (warm-up, not counted: {warm.rate:.1f} creates/s)")
         for phase, round_ in schedule:
-            if phase.letter == BURST:
+            if phase.letter in BURSTS:
                 pods, concurrency = plan.burst_pods, plan.burst_concurrency
             elif phase.serial:
                 pods, concurrency = plan.serial_pods, 1
@@ -1404,7 +1418,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--phases",
         help=f"phases of a round, in order (default {ROUND_PHASES}): "
-        + "; ".join(f"{p.letter} {p.description}" for p in PHASES.values() if p.letter != BURST),
+        + "; ".join(
+            f"{p.letter} {p.description}" for p in PHASES.values() if p.letter not in BURSTS
+        ),
     )
     parser.add_argument("--burst-pods", type=int, help="pods of the burst (F; 0: none)")
     parser.add_argument("--burst-concurrency", type=int, help="clients of the burst (500)")
@@ -1419,9 +1435,9 @@ def main(argv: list[str]) -> None:
     )
     args, _ = parser.parse_known_args(argv)
     if args.phases is not None and (
-        not args.phases or set(args.phases) - set(PHASES) or BURST in args.phases
+        not args.phases or set(args.phases) - set(PHASES) or set(BURSTS) & set(args.phases)
     ):
-        parser.error(f"--phases: use letters from {''.join(set(PHASES) - {BURST})}")
+        parser.error(f"--phases: use letters from {''.join(set(PHASES) - set(BURSTS))}")
     plan = Plan.of(
         args.quick,
         pods=args.pods,
