@@ -25,7 +25,7 @@ patch, or the benchmark stops).
 For each server: fixed rates in an open loop (latency from each request's scheduled send
 time, so queueing counts; full: 50, 100, 200, 400 and 800 req/s, 10 s each after a 2 s
 warm-up; quick: 200 req/s for 2 s), then saturation: a closed loop over 8 connections (full
-10 s, quick 3 s). The server's CPU time (``/proc/PID/stat``, all threads) over each run,
+10 s, quick 2 s). The server's CPU time (``/proc/PID/stat``, all threads) over each run,
 warm-up included, divided by the requests sent, is its CPU per request.
 
 Nothing here asserts a speed: timings depend on the machine and on whatever else runs on it.

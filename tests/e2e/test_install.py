@@ -487,6 +487,20 @@ def test_helm_upgrade_admits_every_pod_with_its_value(release: Release) -> None:
         unmutated = [p["metadata"]["name"] for p in created if gomemlimit(p) != "460MiB"]
         print(f"upgrade under load: {len(created)} pods created, {len(failures)} failed, "
               f"{len(unmutated)} without a value")  # fmt: skip
+        if unmutated:  # what each operator pod said, for the failure's report
+            stamps = {p["metadata"]["name"]: p["metadata"]["creationTimestamp"] for p in created}
+            print("unmutated:", [(name, stamps[name]) for name in unmutated])
+            for path in sorted(release.node.pod_logs_dir.glob(f"{NAMESPACE}_*/**/*.log")):
+                text = path.read_text()
+                print(
+                    path,
+                    "\n".join(
+                        line
+                        for line in text.splitlines()
+                        if "kopf.objects" not in line and "Injected into" not in line
+                    )[:8000],
+                )
+                print([line for line in text.splitlines() if any(p in line for p in unmutated)])
         assert len(created) > 20
         assert failures == []
         assert unmutated == []
