@@ -45,7 +45,7 @@ from bench.shared import BenchRun
 PODS: Final = 20_000
 QUICK_PODS: Final = 300
 NAMESPACES: Final = 4
-PODS_PER_NODE: Final = 110
+PODS_PER_NODE: Final = 110  # the capacity of tests/cluster's fake_node
 """The kubelet's default ``maxPods``; each fake node allows that many."""
 CONNECTIONS: Final = 16
 NONCOMPLIANT_SHARE: Final = 20
@@ -199,39 +199,10 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float, interval: flo
 
 
 def node(name: str, kubelet_version: str) -> dict[str, Any]:
-    """A fake Node that kwok manages, as tests/cluster's own nodes (110 pods)."""
-    resources = {
-        "cpu": "32",
-        "memory": "256Gi",
-        "pods": str(PODS_PER_NODE),
-        "ephemeral-storage": "100Gi",
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
-            "labels": {
-                "kubernetes.io/arch": "amd64",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "type": "kwok",
-                LABEL: "true",
-            },
-        },
-        "spec": {},
-        "status": {
-            "allocatable": resources,
-            "capacity": resources,
-            "nodeInfo": {
-                "architecture": "amd64",
-                "kubeletVersion": kubelet_version,
-                "operatingSystem": "linux",
-            },
-            "phase": "Running",
-        },
-    }
+    """A fake Node that kwok manages, as tests/cluster's own nodes (110 pods), marked ours."""
+    from tests.cluster.controlplane import fake_node
+
+    return fake_node(name, kubelet_version, {LABEL: "true"})
 
 
 def policy() -> dict[str, Any]:

@@ -53,13 +53,12 @@ from typing import Any
 import orjson
 
 from bench.floors import FloorServer, build_go_tools, expected_patch, pinned
-from bench.shared import BenchRun, ServingCertificate, serving_certificate
+from bench.shared import BenchRun, ServingCertificate, process_cpu, serving_certificate
 
 NAMESPACE = "bench-service"
 SERVERS = ("ours", "go", "aiohttp")
 SATURATION_CONNECTIONS = 8
 OPEN_LOOP_CONNECTIONS = 32  # most requests in flight in the open loop
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -364,12 +363,6 @@ def corpus_summary(corpus: list[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Processes, CPU and the load generator
 # ---------------------------------------------------------------------------------------------
-
-
-def process_cpu(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def pin_all_threads(pid: int, cpus: set[int]) -> None:

@@ -84,7 +84,7 @@ from typing import Any
 
 import orjson
 
-from bench.shared import BenchRun, ServingCertificate, serving_certificate
+from bench.shared import TICK, BenchRun, ServingCertificate, process_cpu, serving_certificate
 
 POLICY_NAME = "bench-webhook"
 BENCH_LABEL = "gomemlimit.io/bench"
@@ -340,17 +340,13 @@ OPERATOR_SERIES = (
 # CPU accounting from /proc
 # ---------------------------------------------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
 
-
-def process_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds (0 if it is gone)."""
+def cpu_or_zero(pid: int) -> float:
+    """:func:`bench.shared.process_cpu`, 0 if the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return process_cpu(pid)
     except OSError:
         return 0.0
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -368,7 +364,7 @@ class CpuMeter:
         self.machine_start = (0.0, 0.0)
 
     def snapshot(self) -> dict[str, float]:
-        return {name: process_cpu(pid) for name, pid in self.pids.items()}
+        return {name: cpu_or_zero(pid) for name, pid in self.pids.items()}
 
     def begin(self) -> None:
         self.start = self.snapshot()

@@ -15,6 +15,7 @@ Nothing here asserts a speed: timings depend on the machine and its load.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +24,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO / "crds"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds; OSError if it is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 @dataclass

@@ -499,8 +499,11 @@ class _Api:
             return resp.status, raw.decode(errors="replace")
 
 
-def _fake_node(name: str, kubelet_version: str) -> dict[str, Any]:
-    """A Node for kwok to manage (see kwok's docs, "Manage single/all nodes").
+def fake_node(
+    name: str, kubelet_version: str, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A Node for kwok to manage (see kwok's docs, "Manage single/all nodes"), 110 pods, with
+    ``labels`` besides its own (bench/bench_kwok.py marks its nodes).
 
     No taint, so ordinary workloads schedule onto it without tolerations.
     """
@@ -520,6 +523,7 @@ def _fake_node(name: str, kubelet_version: str) -> dict[str, Any]:
                 "kubernetes.io/role": "agent",
                 "node-role.kubernetes.io/agent": "",
                 "type": "kwok",
+                **(labels or {}),
             },
         },
         "spec": {},
@@ -880,7 +884,7 @@ class ControlPlane:
 
         api = self._api()
         for i in range(self.nodes):
-            node = _fake_node(f"{NODE_NAME_PREFIX}{i}", b.versions["K8S_VERSION"])
+            node = fake_node(f"{NODE_NAME_PREFIX}{i}", b.versions["K8S_VERSION"])
             status, body = api.request("POST", "/api/v1/nodes", node)
             if status not in (200, 201, 409):
                 raise ControlPlaneError(f"creating node {NODE_NAME_PREFIX}{i}: {status} {body}")
