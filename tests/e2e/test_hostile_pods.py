@@ -159,8 +159,8 @@ def test_worst_case_pods_stall_the_event_loop_less_than_100ms(
         "gomemlimit_admission_requests_total", result="too_large"
     )
     # At the bounds (256 containers, 8,192 env entries), all evaluated and rewritten; past
-    # them (1,000 containers), refused before any per-container work. (Bodies over 1 MiB are
-    # not ours to see yet: the HTTP server refuses them and the API server fails open.)
+    # them (1,000 containers), refused before any per-container work. (Bodies up to the API
+    # server's 3 MiB reach the handler: test_serving_limits.py sends a 2 MiB pod.)
     at_bounds = pod("at-bounds", fan_out(256, extra_env=31))
     beyond = pod("beyond", fan_out(1000))
     seen: dict[str, tuple[float, dict[str, float]]] = {}

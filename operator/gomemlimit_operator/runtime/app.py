@@ -17,17 +17,18 @@ place, and nothing reaches back into it (the dependency is one-way: app -> parts
   ``--manage-certificates`` the :class:`~.certificate_manager.CertificateManager`'s checks
   (its first pass runs before the webhook serves).
 
-:func:`run` adds kopf's ``WebhookServer`` (explicit host, port and certificate files, which it
-reloads when they change; never kopf's managed webhook mode), the ``/healthz`` and
-``/readyz`` server and the ``/metrics`` server, and runs kopf.
+:func:`run` starts the webhook's own HTTPS server (:mod:`.webhook_server`: explicit host and
+port, the certificate files, reloaded when they change, and the serving limits; kopf serves no
+admission, and its managed webhook mode is never used), the ``/healthz`` and ``/readyz``
+server and the ``/metrics`` server, and runs kopf.
 
 High availability: every replica runs kopf standalone (policies, namespaces and pods are
 watched everywhere, so every webhook answers with a current policy index) and a Lease
 elects the one replica that writes policy status and exports the pod series.
 kopf peering is not used: it pauses every watch stream of a non-leader replica.
 
-kopf writes nothing onto pods: the pod handlers are the admission webhook, which answers
-requests, and the watcher's ``@kopf.on.event``, which only reads. :func:`assert_pods_read_only`
+kopf writes nothing onto pods: its only pod handler is the watcher's ``@kopf.on.event``,
+which only reads (the admission webhook is not a kopf handler). :func:`assert_pods_read_only`
 refuses to start if a handler that would write annotations or finalizers
 (on.create/update/resume/delete/field, timers, daemons) is ever registered for pods.
 
@@ -47,7 +48,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,11 @@ import kopf
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from gomemlimit_operator import __version__
+from gomemlimit_operator.core.api import WEBHOOK_PATH
 from gomemlimit_operator.core.policy_view import PolicyView
 from gomemlimit_operator.core.records import PodStore
 from gomemlimit_operator.runtime import policy_reconciler, watcher
-from gomemlimit_operator.runtime import webhook as webhook_module
-from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
+from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics, ServingMetrics
 from gomemlimit_operator.runtime.certificate_manager import (
     READY_CERTIFICATES,
     CertificateManager,
@@ -87,7 +88,8 @@ from gomemlimit_operator.runtime.leader import (
 from gomemlimit_operator.runtime.loop_monitor import LoopMonitor, freeze_when
 from gomemlimit_operator.runtime.status_writer import PolicyStatusWriter, kubernetes_status_patcher
 from gomemlimit_operator.runtime.watcher import PodWatcher, confirm_listing, pod_uid_lister
-from gomemlimit_operator.runtime.webhook import PodWebhook, ServingWebhookServer, reachable_host
+from gomemlimit_operator.runtime.webhook import PodWebhook
+from gomemlimit_operator.runtime.webhook_server import ServingLimits, WebhookServer
 
 __all__ = [
     "Components",
@@ -163,9 +165,7 @@ def connection_info(configuration: Any) -> kopf.ConnectionInfo:
 # -------------------------------------------------------------------------------------------
 
 
-def build_settings(
-    config: OperatorConfig, server: kopf.WebhookServer | None
-) -> kopf.OperatorSettings:
+def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.posting.enabled = True  # Warning events on invalid policies
     settings.posting.level = logging.INFO
@@ -179,7 +179,7 @@ def build_settings(
     settings.watching.chunk_size = 500
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
-    settings.admission.server = server  # None with --components watcher: kopf serves none
+    settings.admission.server = None  # the webhook has its own server (webhook_server)
     settings.admission.managed = None  # never: the install declares the configuration
     settings.peering.standalone = True
     settings.execution.max_workers = 4  # all our handlers are async; kopf's own needs few
@@ -232,7 +232,7 @@ def assert_watch_only(kopf_registry: kopf.OperatorRegistry) -> None:
         names = ", ".join(repr(handler.id) for handler in writers)
         raise RuntimeError(
             f"handlers {names} need kopf's diff base; this operator is watch-only "
-            "(@kopf.on.event, @kopf.index, @kopf.on.mutate)"
+            "(@kopf.on.event, @kopf.index)"
         )
 
 
@@ -371,7 +371,7 @@ class Components:
     webhook: WebhookParts | None
     """None with --components watcher: no webhook is served."""
     serving: asyncio.Event
-    """Set each time the webhook server starts serving."""
+    """Set once the webhook server listens."""
     background: tuple[BackgroundTask, ...]
     reporting: Reporting | None
     """None with --components webhook (no pod is watched). Its elector is logged at start
@@ -425,6 +425,11 @@ def build_components(
     webhook: WebhookParts | None = None
     if config.serves_webhook:
         readiness.add(READY_WEBHOOK)
+
+        def on_serving() -> None:
+            readiness.set(READY_WEBHOOK)
+            serving.set()
+
         webhook = build_webhook(
             config,
             api_client,
@@ -433,8 +438,8 @@ def build_components(
             metrics_registry,
             readiness,
             ensure_namespace=policy_reconciler.namespace_ensurer(reconciler, lister),
+            on_serving=on_serving,
         )
-        webhook_module.register(kopf_registry, webhook.pod_webhook)
         if webhook.dev is not None:
             dev_mode = webhook.dev
             background.append(lambda: dev_mode.run(serving, lambda: readiness.set(READY_DEV)))
@@ -455,7 +460,8 @@ def build_components(
 
 @dataclass(frozen=True)
 class WebhookParts:
-    """What serving the webhook needs: the handler, its certificate, and what keeps that."""
+    """What serving the webhook needs: the handler, its certificate and what keeps that, and
+    the server (built here, started by :func:`run`)."""
 
     pod_webhook: PodWebhook
     cert_file: Path
@@ -464,13 +470,22 @@ class WebhookParts:
     dev: DevMode | None
     certificates: CertificateManager | None
     """With --manage-certificates: its first pass must finish before the webhook serves."""
+    server: WebhookServer
 
-    @property
-    def file_check_interval(self) -> float:
-        """How often the webhook server re-reads its certificate files."""
-        if self.certificates is not None:
-            return self.certificates.policy.file_check_interval
-        return 10.0
+
+def file_check_interval(certificates: CertificateManager | None) -> float:
+    """How often the webhook server re-reads its certificate files."""
+    if certificates is not None:
+        return certificates.policy.file_check_interval
+    return 10.0
+
+
+def serving_limits(config: OperatorConfig) -> ServingLimits:
+    return ServingLimits(
+        idle_timeout=config.webhook_idle_timeout_seconds,
+        header_timeout=config.webhook_header_timeout_seconds,
+        max_connections=config.webhook_max_connections,
+    )
 
 
 def build_webhook(
@@ -482,8 +497,10 @@ def build_webhook(
     readiness: Readiness,
     *,
     ensure_namespace: Callable[[str], Awaitable[None]],
+    on_serving: Callable[[], None],
 ) -> WebhookParts:
-    """The pod webhook and its certificate: --manage-certificates, --dev or the given files."""
+    """The pod webhook, its certificate (--manage-certificates, --dev or the given files) and
+    its server; ``on_serving`` is called once the server listens."""
 
     webhook_arguments: dict[str, Any] = {
         "exempt": config.exempt,
@@ -512,7 +529,19 @@ def build_webhook(
         assert config.tls_key_file is not None
         cert_file, key_file, ca_bundle = config.tls_cert_file, config.tls_key_file, None
         pod_webhook = PodWebhook(registry, **webhook_arguments)
-    return WebhookParts(pod_webhook, cert_file, key_file, ca_bundle, dev, certificates)
+    server = WebhookServer(
+        pod_webhook.review,
+        host=config.bind_host,
+        port=config.webhook_port,
+        path=WEBHOOK_PATH,
+        cert_file=cert_file,
+        key_file=key_file,
+        metrics=ServingMetrics(metrics_registry),
+        limits=serving_limits(config),
+        file_check_interval=file_check_interval(certificates),
+        on_serving=on_serving,
+    )
+    return WebhookParts(pod_webhook, cert_file, key_file, ca_bundle, dev, certificates, server)
 
 
 def build_certificate_manager(
@@ -590,28 +619,8 @@ async def run(config: OperatorConfig) -> int:
             for signum in early_signals:
                 os.kill(os.getpid(), signum)
 
-        def on_serving(client_config: Mapping[str, Any]) -> None:
-            logger.info("Webhook serving on %s:%d.", config.bind_host, config.webhook_port)
-            components.readiness.set(READY_WEBHOOK)
-            components.serving.set()
-
         webhook = components.webhook
-        server = (
-            None
-            if webhook is None
-            else ServingWebhookServer(
-                on_serving=on_serving,
-                lean=webhook.pod_webhook.review,
-                addr=config.bind_host,
-                port=config.webhook_port,
-                host=reachable_host(config.bind_host),
-                certfile=str(webhook.cert_file),
-                pkeyfile=str(webhook.key_file),
-                cadata=webhook.ca_bundle,
-                file_check_interval=webhook.file_check_interval,
-            )
-        )
-        settings = build_settings(config, server)
+        settings = build_settings(config)
         health = HealthServer(components.readiness, config.bind_host, config.health_port)
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -620,6 +629,8 @@ async def run(config: OperatorConfig) -> int:
                 certificates = webhook.certificates if webhook else None
                 if certificates is not None and not await _first(certificates.start(), signalled):
                     return 0  # stopped before the certificate was in place
+                if webhook is not None:
+                    await webhook.server.start()
                 tasks = [asyncio.create_task(factory()) for factory in components.background]
                 logger.info(
                     "gomemlimit-operator %s (%s): %smetrics :%d, health :%d on %s%s.",
@@ -663,7 +674,9 @@ async def run(config: OperatorConfig) -> int:
             if components.reporting and components.reporting.elector:  # status writing stopped
                 await components.reporting.elector.stop()  # hand over now
             if webhook is not None and webhook.dev is not None:
-                await webhook.dev.remove()
+                await webhook.dev.remove()  # before the server stops: no failed calls meanwhile
+            if webhook is not None:
+                await webhook.server.stop()
             await health.stop()
             components.api_client.close()
     logger.info("Stopped.")

@@ -16,7 +16,7 @@ Like Gatekeeper's cert-controller and Kyverno's renewer, every replica runs
    winner's certificate;
 4. writes ``tls.crt``/``tls.key``/``ca.crt`` into the certificate directory when they differ,
    each atomically (a temporary file, then a rename), and both in one synchronous step on the
-   event loop: kopf's WebhookServer checks the files from the same loop, so it never sees a new
+   event loop: the webhook server checks the files from the same loop, so it never sees a new
    certificate with an old key. It reloads them within its file check interval, no restart;
 5. patches each webhook entry's ``clientConfig.caBundle`` (a JSON patch of that field only)
    when it differs from the CA bundle.

@@ -107,6 +107,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """A parser of a number of seconds from ``low`` to ``high``."""
+
+    def parse(text: str) -> float:
+        value = _positive_seconds(text)
+        if not low <= value <= high:
+            raise ValueError(f"{text!r} is outside {_shown(low)}..{_shown(high)} seconds")
+        return value
+
+    return parse
+
+
 def _namespace_name(text: str) -> str:
     if not _DNS_LABEL.match(text):
         raise ValueError(f"{text!r} is not a namespace name (a lowercase RFC 1123 label)")
@@ -274,6 +286,28 @@ class OperatorConfig:
         ),
         flag="--webhook-timeout",
         metavar="SECONDS",
+    )
+    webhook_idle_timeout_seconds: float = _setting(
+        60.0,
+        "close a webhook connection idle for this long between requests, 0.1..3600 "
+        "(default {default})",
+        _seconds_between(0.1, 3600),
+        flag="--webhook-idle-timeout",
+        metavar="SECONDS",
+    )
+    webhook_header_timeout_seconds: float = _setting(
+        10.0,
+        "cut a webhook connection whose TLS handshake, or a request's headers and body, take "
+        "longer than this, 0.1..300 (default {default})",
+        _seconds_between(0.1, 300),
+        flag="--webhook-header-timeout",
+        metavar="SECONDS",
+    )
+    webhook_max_connections: int = _setting(
+        1000,
+        "open webhook connections at most; more are closed at once, 1..100000 (default {default})",
+        _whole_number(1, 100000, "a whole number", "outside 1..100000"),
+        metavar="N",
     )
     manage_certificates: bool = _setting(
         False,

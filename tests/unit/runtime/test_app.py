@@ -11,17 +11,19 @@ import kubernetes
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from gomemlimit_operator.core.api import WEBHOOK_ID
+from gomemlimit_operator.core.api import WEBHOOK_PATH
 from gomemlimit_operator.runtime.app import (
     WatchOnlyDiffBaseStorage,
     assert_pods_read_only,
     assert_watch_only,
     build_components,
+    build_settings,
     default_identity,
     main,
     new_metrics_registry,
 )
 from gomemlimit_operator.runtime.config import parse_config
+from gomemlimit_operator.runtime.webhook_server import ServingLimits
 
 
 def components(tmp_path: Path) -> Any:
@@ -31,11 +33,19 @@ def components(tmp_path: Path) -> Any:
     )
 
 
-def test_handlers_are_read_only_and_the_webhook_has_its_fixed_id(tmp_path: Path) -> None:
+def test_handlers_are_read_only_and_the_webhook_is_served_by_its_own_server(
+    tmp_path: Path,
+) -> None:
     built = components(tmp_path)
     kopf_registry = built.kopf_registry
-    (webhook,) = kopf_registry._webhooks.get_all_handlers()
-    assert webhook.id == WEBHOOK_ID
+    assert kopf_registry._webhooks.get_all_handlers() == []  # kopf serves no admission
+    server = built.webhook.server
+    assert server.path == WEBHOOK_PATH
+    assert (server.host, server.port) == ("127.0.0.1", 9443)
+    assert (server.cert_file, server.key_file) == (built.webhook.cert_file, built.webhook.key_file)
+    assert server.limits == ServingLimits()  # the defaults: 60 s, 10 s, 1,000, 4 MiB
+    assert server.file_check_interval == 10.0
+    assert not server.serving  # run() starts it
     watched = {
         h.selector.any_name or h.selector.plural for h in kopf_registry._watching.get_all_handlers()
     }
@@ -51,6 +61,32 @@ def test_handlers_are_read_only_and_the_webhook_has_its_fixed_id(tmp_path: Path)
     assert built.background  # the policy loader, the status writer, the pod watcher
 
 
+def test_the_serving_limits_come_from_the_flags(tmp_path: Path) -> None:
+    config = parse_config(
+        [
+            "--dev",
+            "--webhook-idle-timeout=30",
+            "--webhook-header-timeout=2.5",
+            "--webhook-max-connections=50",
+            "--webhook-port=10443",
+            "--bind-host=0.0.0.0",
+        ],
+        env={},
+    )
+    built = build_components(
+        config, kubernetes.client.Configuration(), tmp_path, CollectorRegistry()
+    )
+    server = built.webhook.server
+    assert server.limits == ServingLimits(idle_timeout=30, header_timeout=2.5, max_connections=50)
+    assert (server.host, server.port) == ("0.0.0.0", 10443)
+
+
+def test_kopf_serves_no_admission() -> None:
+    settings = build_settings(parse_config(["--dev"], env={}))
+    assert settings.admission.server is None
+    assert settings.admission.managed is None
+
+
 def watched_plurals(kopf_registry: kopf.OperatorRegistry) -> set[str]:
     return {
         h.selector.any_name or h.selector.plural for h in kopf_registry._watching.get_all_handlers()
@@ -63,8 +99,7 @@ def test_the_webhook_component_serves_admission_and_never_watches_pods(tmp_path:
     built = build_components(config, kubernetes.client.Configuration(), tmp_path, metrics)
     assert built.reporting is None
     assert built.webhook is not None
-    (webhook,) = built.kopf_registry._webhooks.get_all_handlers()
-    assert webhook.id == WEBHOOK_ID
+    assert built.kopf_registry._webhooks.get_all_handlers() == []
     assert watched_plurals(built.kopf_registry) == {
         "gomempolicies",
         "clustergomempolicies",
@@ -72,7 +107,12 @@ def test_the_webhook_component_serves_admission_and_never_watches_pods(tmp_path:
     }
     assert set(built.readiness.checks()) == {"webhook", "policy-index", "dev-webhook-configuration"}
     names = {family.name for family in metrics.collect()}
-    assert "gomemlimit_admission_requests" in names
+    assert {
+        "gomemlimit_admission_requests",
+        "gomemlimit_admission_rejected_requests",
+        "gomemlimit_webhook_connections",
+        "gomemlimit_webhook_connections_closed",
+    } <= names
     # No pod records, so no compliance series and no Lease.
     assert not {"gomemlimit_watch_events", "gomemlimit_leader"} & names
 
@@ -89,6 +129,7 @@ def test_the_watcher_component_keeps_the_records_and_serves_no_webhook(tmp_path:
     names = {family.name for family in metrics.collect()}
     assert {"gomemlimit_watch_events", "gomemlimit_leader"} <= names
     assert "gomemlimit_admission_requests" not in names
+    assert "gomemlimit_webhook_connections" not in names
     assert not list(tmp_path.iterdir())  # no certificate was made
 
 

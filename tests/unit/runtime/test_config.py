@@ -35,6 +35,9 @@ def test_defaults_with_dev() -> None:
     assert config.dev
     assert config.status_interval_seconds == 5.0
     assert config.webhook_timeout_seconds == 2
+    assert config.webhook_idle_timeout_seconds == 60.0
+    assert config.webhook_header_timeout_seconds == 10.0
+    assert config.webhook_max_connections == 1000
     assert config.noncompliant_info is True
     assert config.log_level == "info"
 
@@ -77,6 +80,20 @@ def test_namespace_lists_from_flags_and_environment() -> None:
     assert "r" in config.exempt_namespaces
 
 
+def test_serving_limits_from_flags_and_environment() -> None:
+    env = {
+        "GOMEMLIMIT_OPERATOR_WEBHOOK_IDLE_TIMEOUT": "90",
+        "GOMEMLIMIT_OPERATOR_WEBHOOK_HEADER_TIMEOUT": "2.5",
+        "GOMEMLIMIT_OPERATOR_WEBHOOK_MAX_CONNECTIONS": "200",
+    }
+    config = parse_config(["--dev"], env=env)
+    assert config.webhook_idle_timeout_seconds == 90.0
+    assert config.webhook_header_timeout_seconds == 2.5
+    assert config.webhook_max_connections == 200
+    config = parse_config(["--dev", "--webhook-max-connections", "5"], env=env)
+    assert config.webhook_max_connections == 5
+
+
 def test_noncompliant_info_switch() -> None:
     assert parse_config(["--dev", "--no-noncompliant-info"], env={}).noncompliant_info is False
     env = {"GOMEMLIMIT_OPERATOR_NONCOMPLIANT_INFO": "false"}
@@ -94,6 +111,12 @@ def test_noncompliant_info_switch() -> None:
         (["--status-interval", "0"], {}, "--status-interval"),
         (["--status-interval", "nan"], {}, "--status-interval"),
         (["--webhook-timeout", "31"], {}, "--webhook-timeout"),
+        (["--webhook-idle-timeout", "0"], {}, "--webhook-idle-timeout: '0' must be a positive"),
+        (["--webhook-idle-timeout", "3601"], {}, "'3601' is outside 0.1..3600 seconds"),
+        (["--webhook-header-timeout", "soon"], {}, "--webhook-header-timeout"),
+        (["--webhook-header-timeout", "inf"], {}, "--webhook-header-timeout"),
+        (["--webhook-max-connections", "0"], {}, "--webhook-max-connections: 0 is outside"),
+        (["--webhook-max-connections", "1.5"], {}, "--webhook-max-connections"),
         (["--log-level", "chatty"], {}, "--log-level"),
         (["--watch-namespace", "Bad_Name"], {}, "--watch-namespace"),
         ([], {"GOMEMLIMIT_OPERATOR_DEV": "maybe"}, "GOMEMLIMIT_OPERATOR_DEV"),
@@ -227,6 +250,11 @@ def test_help_shows_the_declared_defaults(monkeypatch: pytest.MonkeyPatch) -> No
         "(default $POD_NAMESPACE, else gomemlimit-system)",
         "name of that configuration (default gomemlimit-operator-dev)",
         "1..30 (default 2)",
+        "--webhook-idle-timeout SECONDS",
+        "idle for this long between requests, 0.1..3600 (default 60)",
+        "take longer than this, 0.1..300 (default 10)",
+        "--webhook-max-connections N",
+        "more are closed at once, 1..100000 (default 1000)",
         "one of debug, info, warning, error (default info)",
         "--noncompliant-info, --no-noncompliant-info",
         "per noncompliant container (default on)",
@@ -272,6 +300,9 @@ def test_flags_and_variables_are_the_documented_ones() -> None:
     ("variable", "value"),
     [
         ("GOMEMLIMIT_OPERATOR_WEBHOOK_TIMEOUT", "0"),
+        ("GOMEMLIMIT_OPERATOR_WEBHOOK_IDLE_TIMEOUT", "-1"),
+        ("GOMEMLIMIT_OPERATOR_WEBHOOK_HEADER_TIMEOUT", "0.01"),
+        ("GOMEMLIMIT_OPERATOR_WEBHOOK_MAX_CONNECTIONS", "many"),
         ("GOMEMLIMIT_OPERATOR_STATUS_INTERVAL", "soon"),
         ("GOMEMLIMIT_OPERATOR_LOG_LEVEL", "chatty"),
         ("GOMEMLIMIT_OPERATOR_BIND_HOST", "a b"),

@@ -1,9 +1,12 @@
-"""The lean admission path answers exactly what kopf's whole-body diff answered.
+"""The webhook's answer patches a pod into exactly what the engine makes of it.
 
-The reference is kopf's own path: ``Patch.as_json_patch`` deep-copies the request's pod,
-applies the handler's patch function and diffs the two whole objects. The lean path takes the
-engine's operations (``engine.plan_mutation``). For every generated pod, both patches applied
-to the request's pod must give the same object. Kept until kopf's path is deleted.
+The reference is the engine itself: ``engine.mutate_pod`` on a deep copy of the request's pod,
+under the policy that governs it. The webhook answers an AdmissionReview
+(``PodWebhook.review``) with the engine's own operations (``engine.plan_mutation``), computed
+from shallow copies. For every generated pod and policy, that patch applied with jsonpatch to
+the request's pod must give the engine's pod exactly, and no patch at all when the engine
+changes nothing. (kopf's whole-body diff, which this test compared against until issue 13,
+is gone: kopf serves no admission.)
 """
 
 from __future__ import annotations
@@ -15,17 +18,16 @@ import json
 from typing import Any
 
 import jsonpatch
-import kopf
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from unit_helpers import policy
 
-from gomemlimit_operator.core.engine import ANNOTATION_INJECTED
+from gomemlimit_operator.core.engine import ANNOTATION_INJECTED, SpecError, mutate_pod
 from gomemlimit_operator.core.policy_view import PolicyView
 from gomemlimit_operator.runtime.admission_metrics import AdmissionMetrics
-from gomemlimit_operator.runtime.webhook import PodWebhook, admit
+from gomemlimit_operator.runtime.webhook import PodWebhook
 
 names = st.sampled_from(["app", "proxy", "app-go", "init", "x"])
 limits = st.none() | st.sampled_from(["512Mi", "1Gi", "64Mi", "1Mi", "12E", "1e999999", "100M"])
@@ -94,36 +96,57 @@ policies = st.builds(
 )
 
 
-def kopf_patch(pod: dict[str, Any], admission_metadata: Any, admission_spec: Any) -> Any:
-    """kopf's own path: a Patch whose function puts the mutated parts in, diffed whole."""
-    patch = kopf.Patch(body=kopf.Body(pod))
+def engine_pod(pod: dict[str, Any], registry: PolicyView) -> dict[str, Any]:
+    """What the engine makes of the pod: mutate_pod on a deep copy, under its policy."""
+    metadata = pod.get("metadata") or {}
+    governing = registry.governing(metadata["namespace"], metadata.get("labels") or {})
+    expected = copy.deepcopy(pod)
+    try:
+        mutate_pod(expected["metadata"], expected["spec"], governing)
+    except SpecError:  # a quantity it cannot read: it changes nothing (the webhook warns)
+        return copy.deepcopy(pod)
+    return expected
 
-    def put(body: Any) -> None:
-        body["metadata"] = admission_metadata
-        body["spec"] = admission_spec
 
-    patch.fns.append(put)
-    return patch.as_json_patch()
+def as_review(pod: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "operation": "CREATE",
+            "dryRun": dry_run,
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": pod,
+        },
+    }
 
 
-@given(pod=pods(), pol=policies)
-def test_the_lean_patch_gives_the_same_pod_as_kopfs_whole_body_diff(
-    pod: dict[str, Any], pol: Any
+@given(pod=pods(), pol=policies, dry_run=st.booleans())
+def test_the_answers_patch_gives_exactly_the_engines_mutation(
+    pod: dict[str, Any], pol: Any, dry_run: bool
 ) -> None:
     registry = PolicyView()
     registry.set_policy(pol)
     pod = json.loads(json.dumps(pod))  # as from the wire: no object appears twice
     original = copy.deepcopy(pod)
-    admission = admit(pod, registry=registry)
+    expected = engine_pod(pod, registry)
+    hook = PodWebhook(
+        registry, exempt=lambda ns: False, metrics=AdmissionMetrics(CollectorRegistry())
+    )
+    response = asyncio.run(hook.review(as_review(pod, dry_run)))["response"]
     assert pod == original  # the request's pod is never modified
-    if admission.result != "mutated":
-        assert admission.operations == []
+    assert (response["uid"], response["allowed"]) == ("u-1", True)
+    if expected == original:
+        assert "patch" not in response
         return
-    reference = jsonpatch.apply_patch(original, kopf_patch(pod, admission.metadata, admission.spec))
-    lean = jsonpatch.apply_patch(original, admission.operations)
-    assert lean == reference
-    assert pod == original
-    assert all(op["op"] in ("add", "replace") for op in admission.operations)
+    assert response["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(response["patch"]))
+    assert jsonpatch.apply_patch(original, ops) == expected
+    assert all(op["op"] in ("add", "replace") for op in ops)
+    # Idempotent: the patched pod, sent again (a reinvocation), needs nothing more.
+    again = asyncio.run(hook.review(as_review(expected, dry_run)))["response"]
+    assert "patch" not in again
 
 
 def webhook() -> PodWebhook:
@@ -182,14 +205,48 @@ def test_a_dry_run_gets_the_same_patch() -> None:
     assert answer(hook, review(dry_run=True))["response"] == answer(hook, review())["response"]
 
 
+def ignored(hook: PodWebhook) -> float:
+    return hook.metrics.requests.labels(result="ignored")._value.get()
+
+
 @pytest.mark.parametrize("operation", ["UPDATE", "CONNECT", "DELETE"])
-def test_other_operations_are_allowed_unchanged(operation: str) -> None:
-    assert answer(webhook(), review(operation))["response"] == {"uid": "u-1", "allowed": True}
+def test_other_operations_are_allowed_unchanged_and_counted(operation: str) -> None:
+    hook = webhook()
+    assert answer(hook, review(operation))["response"] == {"uid": "u-1", "allowed": True}
+    assert ignored(hook) == 1
+    assert hook.metrics.duration._sum.get() == 0  # nothing was decided
 
 
-def test_other_resources_are_allowed_unchanged() -> None:
-    body = review(resource={"group": "apps", "version": "v1", "resource": "deployments"})
-    assert answer(webhook(), body)["response"] == {"uid": "u-1", "allowed": True}
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        {"resource": {"group": "apps", "version": "v1", "resource": "deployments"}},
+        {"resource": {"group": "example.com", "version": "v1", "resource": "pods"}},
+        {"subResource": "eviction"},  # a CREATE of pods/eviction carries an Eviction
+        {"subResource": "binding"},
+        {"object": None},
+    ],
+)
+def test_other_resources_are_allowed_unchanged_and_counted(
+    request_fields: dict[str, Any],
+) -> None:
+    hook = webhook()
+    assert answer(hook, review(**request_fields))["response"] == {"uid": "u-1", "allowed": True}
+    assert ignored(hook) == 1
+
+
+def test_a_pod_create_is_not_counted_as_ignored() -> None:
+    hook = webhook()
+    answer(hook, review())
+    assert ignored(hook) == 0
+    assert hook.metrics.requests.labels(result="mutated")._value.get() == 1
+
+
+def test_the_answer_is_an_admission_review_whatever_the_request_says() -> None:
+    """A kind or apiVersion that is not a string is not echoed: the answer always encodes."""
+    body = {**review(), "apiVersion": {"deep": [[[]]]}, "kind": "Other"}
+    out = answer(webhook(), body)
+    assert (out["apiVersion"], out["kind"]) == ("admission.k8s.io/v1", "AdmissionReview")
 
 
 @pytest.mark.parametrize("body", [{}, {"request": []}, {"request": {"uid": 5}}])

@@ -1,13 +1,16 @@
-"""The pod webhook without a cluster: admit(), and the kopf handler's JSONPatch."""
+"""The pod webhook without a cluster: admit(), and PodWebhook.review's AdmissionReview answers
+(the JSON patch, warnings, counts, and our own failures)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
+import logging
 from typing import Any
 
-import kopf
+import jsonpatch
 import pytest
 from prometheus_client import CollectorRegistry
 from unit_helpers import container, env_value, policy
@@ -114,17 +117,33 @@ def test_warns_about_a_governed_container_without_limit(registry: PolicyView) ->
     assert any("no memory limit" in w for w in admission.warnings)
 
 
-# --- the kopf handler ------------------------------------------------------------------------
+# --- the AdmissionReview answer --------------------------------------------------------------
 
 
 def handle(
     webhook: PodWebhook, request_pod: dict[str, Any], dryrun: bool = False
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    body = kopf.Body(request_pod)
-    patch = kopf.Patch(body=body)
-    warnings: list[str] = []
-    asyncio.run(webhook(body=body, patch=patch, dryrun=dryrun, warnings=warnings))
-    return list(patch.as_json_patch()), warnings
+    """The patch and warnings that ``review`` answers for a Pod CREATE of ``request_pod``."""
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "operation": "CREATE",
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": request_pod,
+            "dryRun": dryrun,
+        },
+    }
+    response = asyncio.run(webhook.review(review))["response"]
+    assert response["uid"] == "u-1"
+    assert response["allowed"] is True
+    ops: list[dict[str, Any]] = []
+    if "patch" in response:
+        assert response["patchType"] == "JSONPatch"
+        ops = json.loads(base64.b64decode(response["patch"]))
+        assert ops, "an empty patch is sent as none"
+    return ops, list(response.get("warnings", []))
 
 
 def make_webhook(registry: PolicyView, **kwargs: Any) -> tuple[PodWebhook, AdmissionMetrics]:
@@ -152,8 +171,15 @@ def test_handler_returns_only_add_operations(registry: PolicyView) -> None:
     assert paths == [
         "/metadata/annotations/gomemlimit.io~1injected",
         "/metadata/annotations/gomemlimit.io~1policy",
-        "/spec/containers/0/env/1",
+        "/spec/containers/0/env/-",  # appended: the user's entries keep their places
     ]
+    patched = jsonpatch.apply_patch(request_pod, ops)
+    assert patched["spec"]["containers"][0]["env"] == [
+        env_value("A", "1"),
+        env_value("GOMEMLIMIT", "460MiB"),
+    ]
+    assert patched["spec"]["containers"][1] == request_pod["spec"]["containers"][1]
+    assert patched["metadata"]["annotations"]["team"] == "x"
     env_op = next(op for op in ops if op["path"].startswith("/spec"))
     assert env_op["value"] == env_value("GOMEMLIMIT", "460MiB")
     policy_op = next(op for op in ops if op["path"].endswith("policy"))
@@ -202,6 +228,29 @@ def test_our_bug_allows_the_pod_unmutated(caplog: pytest.LogCaptureFixture) -> N
     assert "allowing it unmutated" in caplog.text
 
 
+def test_the_same_bug_on_every_request_is_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pod that trips a bug of ours, sent again and again, must not flood the log with
+    tracebacks: every request is counted, one traceback is logged per interval."""
+    webhook, metrics = make_webhook(BrokenRegistry())
+    for _ in range(5):
+        assert handle(webhook, pod()) == ([], [])
+    assert count(metrics, "error") == 5
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert "RuntimeError: bug" in caplog.text
+
+
+def test_an_object_that_is_not_a_pod_is_allowed_and_counted_as_our_error(
+    registry: PolicyView,
+) -> None:
+    webhook, metrics = make_webhook(registry)
+    assert handle(webhook, {"metadata": ["not", "a", "map"]}) == ([], [])
+    assert count(metrics, "error") == 1
+
+
 def test_namespace_lookup_failure_is_not_fatal(registry: PolicyView) -> None:
     async def ensure(namespace: str) -> None:
         raise TimeoutError
@@ -245,19 +294,3 @@ def test_the_production_webhook_knows_nothing_of_the_dev_probe(registry: PolicyV
     ops, _ = handle(webhook, pod(annotations={PROBE_ANNOTATION: "n1"}), dryrun=True)
     assert ops  # an ordinary dry run: the same patch, counted
     assert count(metrics, "mutated") == 1
-
-
-def test_registered_handler_is_a_coroutine_function(registry: PolicyView) -> None:
-    """kopf runs non-coroutine callables in threads; an async __call__ would never run."""
-    import inspect
-
-    from gomemlimit_operator.core.api import WEBHOOK_ID
-    from gomemlimit_operator.runtime.webhook import register
-
-    kopf_registry = kopf.OperatorRegistry()
-    webhook, _ = make_webhook(registry)
-    register(kopf_registry, webhook)
-    (handler,) = kopf_registry._webhooks.get_all_handlers()
-    assert handler.id == WEBHOOK_ID
-    assert list(handler.operations) == ["CREATE"]
-    assert inspect.iscoroutinefunction(handler.fn)
