@@ -540,6 +540,7 @@ def build_webhook(
         limits=serving_limits(config),
         file_check_interval=file_check_interval(certificates),
         on_serving=on_serving,
+        drain_timeout=config.webhook_drain_seconds,
     )
     return WebhookParts(pod_webhook, cert_file, key_file, ca_bundle, dev, certificates, server)
 
@@ -620,6 +621,22 @@ async def run(config: OperatorConfig) -> int:
                 os.kill(os.getpid(), signum)
 
         webhook = components.webhook
+
+        async def stop_serving() -> None:
+            """The --dev configuration goes first (no calls fail meanwhile), then the server
+            drains and stops. Safe to call twice."""
+            if webhook is not None:
+                if webhook.dev is not None:
+                    await webhook.dev.remove()
+                await webhook.server.stop()
+
+        @kopf.on.cleanup(registry=components.kopf_registry)
+        async def stop_serving_first(**_: Any) -> None:
+            # kopf cancels every task created after it started (our connections' tasks among
+            # them) up to 5 s after its own tasks stopped. The webhook drains and stops before
+            # that, as soon as kopf begins to stop, so that no request is cut off.
+            await stop_serving()
+
         settings = build_settings(config)
         health = HealthServer(components.readiness, config.bind_host, config.health_port)
         tasks: list[asyncio.Task[None]] = []
@@ -629,9 +646,16 @@ async def run(config: OperatorConfig) -> int:
                 certificates = webhook.certificates if webhook else None
                 if certificates is not None and not await _first(certificates.start(), signalled):
                     return 0  # stopped before the certificate was in place
-                if webhook is not None:
-                    await webhook.server.start()
                 tasks = [asyncio.create_task(factory()) for factory in components.background]
+                if webhook is not None:
+                    # Listening is receiving: with SO_REUSEPORT (a rolling update on one host
+                    # port, the webhook processes of one pod) the kernel hands this process
+                    # connections as soon as it listens, ready or not. Before the policy index
+                    # is loaded it would allow pods unmutated ("no policy governs"), so it
+                    # listens only then; until then the other process gets every connection.
+                    if not await _first(_policies_loaded(components.readiness), signalled):
+                        return 0
+                    await webhook.server.start()
                 logger.info(
                     "gomemlimit-operator %s (%s): %smetrics :%d, health :%d on %s%s.",
                     __version__,
@@ -673,14 +697,17 @@ async def run(config: OperatorConfig) -> int:
                     await task
             if components.reporting and components.reporting.elector:  # status writing stopped
                 await components.reporting.elector.stop()  # hand over now
-            if webhook is not None and webhook.dev is not None:
-                await webhook.dev.remove()  # before the server stops: no failed calls meanwhile
-            if webhook is not None:
-                await webhook.server.stop()
+            await stop_serving()  # if kopf did not run its cleanup
             await health.stop()
             components.api_client.close()
     logger.info("Stopped.")
     return 0
+
+
+async def _policies_loaded(readiness: Readiness, poll: float = 0.02) -> None:
+    """Until the policy index is loaded (its readiness check passed)."""
+    while not readiness.checks().get(READY_POLICIES):
+        await asyncio.sleep(poll)
 
 
 async def _first(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:

@@ -107,11 +107,18 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
 def _seconds_between(low: float, high: float) -> Callable[[str], float]:
     """A parser of a number of seconds from ``low`` to ``high``."""
 
     def parse(text: str) -> float:
-        value = _positive_seconds(text)
+        value = 0.0 if low == 0 and _is_zero(text) else _positive_seconds(text)
         if not low <= value <= high:
             raise ValueError(f"{text!r} is outside {_shown(low)}..{_shown(high)} seconds")
         return value
@@ -288,9 +295,10 @@ class OperatorConfig:
         metavar="SECONDS",
     )
     webhook_idle_timeout_seconds: float = _setting(
-        60.0,
+        120.0,
         "close a webhook connection idle for this long between requests, 0.1..3600 "
-        "(default {default})",
+        "(default {default}: longer than the API server's own 90 s, so that it is the API "
+        "server that closes an idle connection, never we while it sends a review on it)",
         _seconds_between(0.1, 3600),
         flag="--webhook-idle-timeout",
         metavar="SECONDS",
@@ -301,6 +309,14 @@ class OperatorConfig:
         "longer than this, 0.1..300 (default {default})",
         _seconds_between(0.1, 300),
         flag="--webhook-header-timeout",
+        metavar="SECONDS",
+    )
+    webhook_drain_seconds: float = _setting(
+        3.0,
+        "at shutdown, keep serving the webhook this long (answers close their connections) "
+        "while the API server stops sending reviews here, 0..60 (default {default})",
+        _seconds_between(0, 60),
+        flag="--webhook-drain",
         metavar="SECONDS",
     )
     webhook_max_connections: int = _setting(

@@ -82,7 +82,7 @@ class ServingLimits:
     """The server's limits (``--webhook-idle-timeout``, ``--webhook-header-timeout``,
     ``--webhook-max-connections``)."""
 
-    idle_timeout: float = 60.0
+    idle_timeout: float = 120.0
     header_timeout: float = 10.0
     max_connections: int = 1000
     max_body_bytes: int = MAX_BODY_BYTES
@@ -195,8 +195,13 @@ class _Connection(web.RequestHandler):
 class WebhookServer:
     """Serves ``POST path`` over TLS with ``review``, within ``limits`` (module docstring).
 
-    ``start()`` binds, listens and calls ``on_serving()``; ``stop()`` closes the listener and
-    the connections, letting requests in progress finish for up to ``shutdown_timeout``.
+    ``start()`` binds, listens and calls ``on_serving()``. ``stop()`` first drains: for
+    ``drain_timeout`` seconds it keeps listening and answering, every answer with
+    ``Connection: close``, while the API server learns that this pod's endpoint is gone (in a
+    rolling update it still sends new connections here for a moment, and a review on a
+    connection it holds must be answered, not lost in a close: the API server does not retry a
+    webhook POST, and a lost one fails open). Then it closes the listener and what is left,
+    letting requests in progress finish for up to ``shutdown_timeout``.
     ``port`` is the bound port (useful with port 0).
     """
 
@@ -215,6 +220,7 @@ class WebhookServer:
         log_interval: float = 10.0,
         on_serving: Callable[[], None] | None = None,
         shutdown_timeout: float = 5.0,
+        drain_timeout: float = 5.0,
     ) -> None:
         self._review = review
         self.host = host
@@ -227,6 +233,8 @@ class WebhookServer:
         self.file_check_interval = file_check_interval
         self._on_serving = on_serving
         self.shutdown_timeout = shutdown_timeout
+        self.drain_timeout = drain_timeout
+        self._draining = False
         self._refusals = RateLimitedLog(logger, log_interval)
         self._errors = RateLimitedLog(logger, log_interval)
         self._drops = RateLimitedLog(logger, log_interval)
@@ -238,6 +246,9 @@ class WebhookServer:
         self._digest = b""
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        """Accepting, sweeping and watching the certificate files."""
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._stopped: asyncio.Future[None] | None = None
         self._manager: web.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         metrics.track_connections(lambda: self.open_connections)
@@ -277,15 +288,35 @@ class WebhookServer:
             self._on_serving()
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
+        """Drain, stop accepting, let handshakes and requests in progress finish, close the
+        rest. Idempotent: a second call waits for the first."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopped)
+
+    async def _stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._listeners and self.drain_timeout > 0:
+            self._draining = True  # still accepting and answering, with Connection: close
+            logger.info(
+                "Webhook: draining for %gs (answers close their connections).", self.drain_timeout
+            )
+            await asyncio.sleep(self.drain_timeout)
+        for task in list(self._tasks):  # accepting, sweeping, watching the certificate
             task.cancel()
-        for task in tasks:
+        for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for listener in self._listeners:
             listener.close()
         self._listeners = []
+        # A connection past accept() is answered, not dropped: its handshake finishes (or
+        # times out) before the connections are closed.
+        deadline = loop.time() + self.shutdown_timeout
+        while self._handshakes and loop.time() < deadline:
+            await asyncio.wait(set(self._handshakes), timeout=deadline - loop.time())
+        for task in list(self._handshakes):
+            task.cancel()
         if self._manager is not None:
             self._manager.pre_shutdown()  # closes the idle keep-alive connections
             with contextlib.suppress(Exception):
@@ -303,13 +334,14 @@ class WebhookServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[None], tasks: set[asyncio.Task[None]] | None = None) -> None:
         task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        owner = self._tasks if tasks is None else tasks
+        owner.add(task)
+        task.add_done_callback(lambda done: self._finished(done, owner))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _finished(self, task: asyncio.Task[None], owner: set[asyncio.Task[None]]) -> None:
+        owner.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("A task of the webhook server failed.", exc_info=exc)
 
@@ -343,7 +375,7 @@ class WebhookServer:
             )
             return
         self._handshaking += 1
-        self._spawn(self._establish(sock))
+        self._spawn(self._establish(sock), self._handshakes)
 
     async def _establish(self, sock: socket.socket) -> None:
         """The TLS handshake, then the HTTP protocol takes over (its connection_made)."""
@@ -360,6 +392,9 @@ class WebhookServer:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError, ConnectionAbortedError, ...
             sock.close()
             self.dropped("tls_handshake", "TLS handshake with %s failed: %s", peer, _short(exc))
+        except asyncio.CancelledError:  # stopped past its grace: close, never leave it hanging
+            sock.close()
+            raise
         finally:
             self._handshaking -= 1
 
@@ -462,7 +497,10 @@ class WebhookServer:
                 answer = await self._review(review)
             except ValueError as exc:
                 return self.refuse(400, "malformed", f"not an AdmissionReview: {exc}", request)
-            return web.Response(body=orjson.dumps(answer), content_type="application/json")
+            response = web.Response(body=orjson.dumps(answer), content_type="application/json")
+            if self._draining:
+                response.force_close()  # Connection: close, after this answer
+            return response
         finally:
             connection.in_request = False
 

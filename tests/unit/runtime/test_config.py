@@ -35,7 +35,8 @@ def test_defaults_with_dev() -> None:
     assert config.dev
     assert config.status_interval_seconds == 5.0
     assert config.webhook_timeout_seconds == 2
-    assert config.webhook_idle_timeout_seconds == 60.0
+    assert config.webhook_idle_timeout_seconds == 120.0
+    assert config.webhook_drain_seconds == 3.0
     assert config.webhook_header_timeout_seconds == 10.0
     assert config.webhook_max_connections == 1000
     assert config.noncompliant_info is True
@@ -85,8 +86,11 @@ def test_serving_limits_from_flags_and_environment() -> None:
         "GOMEMLIMIT_OPERATOR_WEBHOOK_IDLE_TIMEOUT": "90",
         "GOMEMLIMIT_OPERATOR_WEBHOOK_HEADER_TIMEOUT": "2.5",
         "GOMEMLIMIT_OPERATOR_WEBHOOK_MAX_CONNECTIONS": "200",
+        "GOMEMLIMIT_OPERATOR_WEBHOOK_DRAIN": "0",
     }
     config = parse_config(["--dev"], env=env)
+    assert config.webhook_drain_seconds == 0.0
+    assert parse_config(["--dev", "--webhook-drain", "1.5"], env=env).webhook_drain_seconds == 1.5
     assert config.webhook_idle_timeout_seconds == 90.0
     assert config.webhook_header_timeout_seconds == 2.5
     assert config.webhook_max_connections == 200
@@ -116,6 +120,8 @@ def test_noncompliant_info_switch() -> None:
         (["--webhook-header-timeout", "soon"], {}, "--webhook-header-timeout"),
         (["--webhook-header-timeout", "inf"], {}, "--webhook-header-timeout"),
         (["--webhook-max-connections", "0"], {}, "--webhook-max-connections: 0 is outside"),
+        (["--webhook-drain", "-1"], {}, "--webhook-drain: '-1' must be a positive"),
+        (["--webhook-drain", "61"], {}, "--webhook-drain: '61' is outside 0..60 seconds"),
         (["--webhook-max-connections", "1.5"], {}, "--webhook-max-connections"),
         (["--log-level", "chatty"], {}, "--log-level"),
         (["--watch-namespace", "Bad_Name"], {}, "--watch-namespace"),
@@ -251,7 +257,7 @@ def test_help_shows_the_declared_defaults(monkeypatch: pytest.MonkeyPatch) -> No
         "name of that configuration (default gomemlimit-operator-dev)",
         "1..30 (default 2)",
         "--webhook-idle-timeout SECONDS",
-        "idle for this long between requests, 0.1..3600 (default 60)",
+        "idle for this long between requests, 0.1..3600 (default 120: longer than the API",
         "take longer than this, 0.1..300 (default 10)",
         "--webhook-max-connections N",
         "more are closed at once, 1..100000 (default 1000)",

@@ -180,6 +180,7 @@ async def serving(
     metrics = ServingMetrics(registry)
     if review_function is None:
         review_function = pod_webhook()[0].review
+    options.setdefault("drain_timeout", 0)  # stop at once; the drain has its own test
     server = WebhookServer(
         review_function,
         host="127.0.0.1",
@@ -625,6 +626,60 @@ def test_stop_closes_the_listener_and_the_connections(
             assert await connection.closed_by_server(within=3)
             with pytest.raises(ConnectionRefusedError):
                 await s.connect()
+
+    run(scenario)
+
+
+def test_stop_drains_before_closing(files: tuple[Path, Path], bundle: CertificateBundle) -> None:
+    """A rolling update: while the API server learns that the old pod is going, it still
+    sends reviews there, on connections it holds and on new ones. They are answered (with
+    Connection: close), not dropped: the API server does not retry a webhook POST, and a lost
+    one fails open. After the drain, the listener is closed."""
+
+    async def scenario() -> None:
+        async with serving(files, bundle.ca_pem, drain_timeout=1.5) as s:
+            held = await s.connect()
+            assert (await held.request(json.dumps(review()).encode()))[0] == 200
+            stopping = asyncio.ensure_future(s.server.stop())
+            await asyncio.sleep(0.3)  # draining
+            for connection in (held, await s.connect()):
+                status, headers, body = await connection.request(json.dumps(review()).encode())
+                assert status == 200
+                assert patch_of(body)
+                assert headers.get("connection", "").lower() == "close"
+                assert await connection.closed_by_server(within=1)
+            await asyncio.wait_for(stopping, 5)
+            with pytest.raises(ConnectionRefusedError):
+                await s.connect()
+
+    run(scenario)
+
+
+def test_stop_lets_handshakes_finish_and_closes_stalled_ones(
+    files: tuple[Path, Path], bundle: CertificateBundle
+) -> None:
+    """A connection accepted just before the listener closes is answered, not dropped; one
+    that never finishes its handshake is closed at the end of the grace, never left open (the
+    API server would wait on it until its timeout). A second stop() waits for the first."""
+
+    async def scenario() -> None:
+        async with serving(files, bundle.ca_pem, shutdown_timeout=1.0) as s:
+            stalled_reader, stalled_writer = await asyncio.open_connection(
+                "127.0.0.1", s.server.port
+            )  # TCP only: no ClientHello ever
+            late = asyncio.ensure_future(s.connect())  # its handshake overlaps the stop
+            await asyncio.sleep(0.05)
+            stopping = [asyncio.ensure_future(s.server.stop()) for _ in range(2)]
+            connection = await late
+            status, _, body = await connection.request(json.dumps(review()).encode())
+            assert status == 200
+            assert patch_of(body)
+            started = time.monotonic()
+            assert await asyncio.wait_for(stalled_reader.read(1), 5) == b""  # closed
+            assert time.monotonic() - started < 3
+            await asyncio.wait_for(asyncio.gather(*stopping), 5)
+            assert s.server.open_connections == 0
+            stalled_writer.close()
 
     run(scenario)
 
