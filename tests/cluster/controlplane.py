@@ -765,6 +765,26 @@ class ControlPlane:
     def __repr__(self) -> str:
         return f"ControlPlane({str(self.state_dir)!r}, server={self.server!r})"
 
+    def restart_apiserver(self, *, timeout: float = 90.0) -> float:
+        """Stop kube-apiserver with SIGTERM (as a control-plane upgrade does), start it again
+        with the same flags on the same port, and return the seconds it was unavailable,
+        once its /readyz is ok. Clients, the kubelet included, see their watches end and
+        must reconnect."""
+        [proc] = [p for p in self._procs if p.name == "kube-apiserver" and self._is_ours(p)]
+        argv = _proc_cmdline(proc.pid)
+        started = time.monotonic()
+        self._signal_all([proc], signal.SIGTERM)
+        if not self._wait_gone([proc], 10.0):  # it may wait for long requests: not here
+            self._log("kube-apiserver: SIGKILL 10s after SIGTERM")
+            self._signal_all([proc], signal.SIGKILL)
+            self._wait_gone([proc], 5.0)
+        self._procs.remove(proc)
+        self._spawn("kube-apiserver", Path(argv[0]), *argv[1:])
+        self._wait("kube-apiserver /readyz", self._readyz, timeout=timeout)
+        self._save_state("ready")
+        self._log(f"kube-apiserver restarted in {time.monotonic() - started:.1f}s")
+        return time.monotonic() - started
+
     def real_node_status(self) -> str:
         """One line: the real node's name, or why the cluster has kwok nodes only."""
         if self.real_node is not None:

@@ -25,7 +25,6 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,172 +34,44 @@ import yaml
 from gomemlimit_operator.install.dashboard import queries
 from tests.cluster.controlplane import ControlPlane, KubectlError
 from tests.cluster.images import BuiltImage
-from tests.cluster.operator_image import import_operator_image
 from tests.cluster.proof import container_env, pod_log_lines, terminated, workload_pod
-from tests.cluster.realnode import RealNode, placement
-from tests.e2e.operator_harness import free_ports, get, session_operator, wait_until
+from tests.cluster.realnode import RealNode
+from tests.e2e.install_harness import (
+    Release,
+    create_pod,
+    gomemlimit,
+    governed_namespace,
+    install_release,
+    only_this_webhook,
+    print_operator_logs,
+)
+from tests.e2e.operator_harness import free_ports, get, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "gomemlimit-operator"
 DEPLOY = REPO / "deploy"
 RULES = REPO / "deploy" / "prometheus" / "alerts.yaml"
 RELEASE = "gml"
 NAMESPACE = "gomemlimit-e2e"
 CLUSTER_IP = "127.96.201.17"  # in the loopback service CIDR: the operator binds it too
 FULLNAME = f"{RELEASE}-gomemlimit-operator"
-IMAGE = "registry.invalid/app:1"  # kwok pods: never pulled
-
-
-@dataclass
-class Release:
-    cluster: ControlPlane
-    node: RealNode
-    image: BuiltImage
-    ports: dict[str, int]
-    values: list[str] = field(default_factory=list)
-
-    def helm(self, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
-        return self.cluster.helm(*args, timeout=timeout)
-
-    def operator_pods(self) -> list[dict[str, Any]]:
-        selector = "app.kubernetes.io/name=gomemlimit-operator"
-        return list(get(self.cluster, "pods", "-n", NAMESPACE, "-l", selector)["items"])
-
-    def metrics_url(self) -> str:
-        return f"http://{CLUSTER_IP}:{self.ports['metrics']}/metrics"
-
-
-def api_server(cluster: ControlPlane) -> tuple[str, str]:
-    """(host, port) of the API server, for the pod's in-cluster config: without kube-proxy,
-    the ``kubernetes`` Service's ClusterIP leads nowhere."""
-    server = yaml.safe_load(Path(cluster.kubeconfig).read_text())["clusters"][0]["cluster"][
-        "server"
-    ]
-    parsed = urllib.parse.urlparse(server)
-    return str(parsed.hostname), str(parsed.port)
-
-
-def helm_values(cluster: ControlPlane, image: BuiltImage, ports: dict[str, int]) -> list[str]:
-    repository, _, tag = image.ref.rpartition(":")
-    host, port = api_server(cluster)
-    scheduling = placement()
-    return [
-        f"--set=image.repository={repository}",
-        f"--set=image.tag={tag}",
-        "--set=image.pullPolicy=Never",
-        "--set=replicas=1",
-        "--set=hostNetwork=true",
-        f"--set=bindHost={CLUSTER_IP}",
-        f"--set=service.clusterIP={CLUSTER_IP}",
-        f"--set=webhook.port={ports['webhook']}",
-        f"--set=metricsPort={ports['metrics']}",
-        f"--set=healthPort={ports['health']}",
-        f"--set-json=nodeSelector={json.dumps(scheduling['nodeSelector'])}",
-        f"--set-json=tolerations={json.dumps(scheduling['tolerations'])}",
-        "--set-json=extraEnv="
-        + json.dumps(
-            [
-                {"name": "KUBERNETES_SERVICE_HOST", "value": host},
-                {"name": "KUBERNETES_SERVICE_PORT", "value": port},
-            ]
-        ),
-    ]
-
-
-def create_pod(cluster: ControlPlane, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    manifest = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"runtime": "go"}},
-        "spec": {
-            "containers": [
-                {"name": "app", "image": IMAGE, "resources": {"limits": {"memory": "512Mi"}}}
-            ],
-            **spec,
-        },
-    }
-    out = cluster.kubectl(
-        "create", "-n", namespace, "-o", "json", "-f", "-", input=json.dumps(manifest)
-    )
-    return dict(json.loads(out.stdout))
-
-
-def gomemlimit(pod: dict[str, Any]) -> str | None:
-    for entry in pod["spec"]["containers"][0].get("env") or []:
-        if entry["name"] == "GOMEMLIMIT":
-            value = entry.get("value")
-            return None if value is None else str(value)
-    return None
-
-
-def governed_namespace(cluster: ControlPlane, name: str) -> str:
-    cluster.kubectl("create", "namespace", name)
-    wait_until(
-        lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        f"the default ServiceAccount of {name}",
-        timeout=30,
-    )
-    policy = {
-        "apiVersion": "gomemlimit.io/v1alpha1",
-        "kind": "GoMemPolicy",
-        "metadata": {"name": "go", "namespace": name},
-        "spec": {},
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(policy))
-    return name
-
-
-@pytest.fixture(scope="module")
-def only_this_webhook(cluster: ControlPlane) -> Iterator[None]:
-    """The session's --dev operator (started by other modules) would mutate these pods too,
-    so that a value could come from it rather than from the install: stopped for this module
-    (it removes its webhook configuration on exit) and started again afterwards."""
-    session = session_operator(cluster)
-    was_running = session is not None and session.running
-    if session is not None and was_running:
-        session.stop()
-    try:
-        yield
-    finally:
-        if session is not None and was_running:
-            session.start()
+__all__ = ["only_this_webhook"]  # a fixture this module uses
 
 
 @pytest.fixture(scope="module")
 def release(
     cluster: ControlPlane, real_node: RealNode, only_this_webhook: None
 ) -> Iterator[Release]:
-    image = import_operator_image(real_node)
-    webhook, metrics, health = free_ports(3)
-    ports = {"webhook": webhook, "metrics": metrics, "health": health}
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    # hostNetwork is not allowed by `restricted` (nor `baseline`): enforce privileged, and warn
-    # and audit against restricted, so that what restricted would refuse is visible.
-    cluster.kubectl(
-        "label",
-        "namespace",
-        NAMESPACE,
-        "pod-security.kubernetes.io/enforce=privileged",
-        "pod-security.kubernetes.io/warn=restricted",
-        "pod-security.kubernetes.io/audit=restricted",
-    )
-    values = helm_values(cluster, image, ports)
-    installed = Release(cluster, real_node, image, ports, values)
-    try:
+    with install_release(
+        cluster, real_node, name=RELEASE, namespace=NAMESPACE, cluster_ip=CLUSTER_IP
+    ) as installed:
         yield installed
-    finally:
-        cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
 
 
 def test_helm_install_runs_the_operator_from_its_image_on_the_real_node(
     release: Release,
 ) -> None:
     started = time.monotonic()
-    out = release.helm(
-        "install", RELEASE, str(CHART), "-n", NAMESPACE, *release.values, "--wait",
-        "--timeout=180s",
-    )  # fmt: skip
+    out = release.install()
     print(f"helm install --wait: {time.monotonic() - started:.1f}s")
     assert "STATUS: deployed" in out.stdout
     [pod] = release.operator_pods()
@@ -405,7 +276,7 @@ def test_alerts_fire_and_every_dashboard_query_returns_data(
                         "containers": [
                             {
                                 "name": "app",
-                                "image": IMAGE,
+                                "image": "registry.invalid/app:1",
                                 "env": env,
                                 "resources": {"limits": {"memory": "512Mi"}},
                             }
@@ -459,18 +330,12 @@ def test_helm_upgrade_admits_every_pod_with_its_value(release: Release) -> None:
         thread.start()
         [before] = release.operator_pods()
         try:
-            release.helm(
-                "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, *release.values,
-                "--set=logLevel=debug", "--set=webhook.timeoutSeconds=3", "--wait",
-                "--timeout=180s",
-            )  # fmt: skip
+            release.install(
+                "--set=logLevel=debug", "--set=webhook.timeoutSeconds=3", command="upgrade"
+            )
         except KubectlError:
             print(cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "yaml").stdout[-6000:])
-            for pod in release.operator_pods():
-                uid = pod["metadata"]["uid"]
-                logs = release.node.pod_logs_dir / f"{NAMESPACE}_{pod['metadata']['name']}_{uid}"
-                for path in sorted(logs.rglob("*.log")):
-                    print(path, path.read_text()[-4000:])
+            print_operator_logs(release)
             raise
         wait_until(
             lambda: (
