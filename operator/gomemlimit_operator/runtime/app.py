@@ -77,6 +77,7 @@ from gomemlimit_operator.runtime.dev import (
     DevProbe,
     ProbeAnsweringWebhook,
     dev_certificates,
+    kubeconfig_files_in_memory,
 )
 from gomemlimit_operator.runtime.health import HealthServer, Readiness, metrics_server
 from gomemlimit_operator.runtime.leader import (
@@ -122,18 +123,22 @@ def load_kube_configuration(kubeconfig: Path | None) -> Any:
 
     configuration = kubernetes.client.Configuration()
     if kubeconfig is not None:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), client_configuration=configuration
-        )
+        with kubeconfig_files_in_memory(configuration) as scratch:  # no key left after a crash
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig),
+                client_configuration=configuration,
+                temp_file_path=scratch,
+            )
         return configuration
     try:
         kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration
         )
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
-        )
+        with kubeconfig_files_in_memory(configuration) as scratch:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration, temp_file_path=scratch
+            )
     return configuration
 
 

@@ -2,7 +2,11 @@
 
 The composition root (``app``) uses this module only when ``--dev`` is given:
 
-* :func:`dev_certificates`: a self-signed CA and serving certificate in a temporary directory;
+* :func:`dev_certificates`: a self-signed CA and serving certificate, kept in anonymous
+  in-memory files (:class:`MemoryFile`), so that no private key stays on disk after a crash;
+* :func:`kubeconfig_files_in_memory`: the same for the files the Kubernetes client writes for
+  a kubeconfig's ``*-data`` fields (a client key among them), for the out-of-cluster runs
+  ``--kubeconfig`` is for (an in-cluster operator loads no kubeconfig);
 * :class:`ProbeAnsweringWebhook`: the pod webhook, wrapped to answer :class:`DevProbe`'s
   dry-run pod (the production :class:`~.webhook.PodWebhook` knows nothing of it);
 * :class:`DevMode`: once the webhook serves, registers the URL-based configuration (built by
@@ -14,8 +18,13 @@ The composition root (``app``) uses this module only when ``--dev`` is given:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,8 +43,10 @@ __all__ = [
     "DevMode",
     "DevProbe",
     "DevWebhookRegistration",
+    "MemoryFile",
     "ProbeAnsweringWebhook",
     "dev_certificates",
+    "kubeconfig_files_in_memory",
 ]
 
 READY_DEV: Final = "dev-webhook-configuration"
@@ -139,17 +150,156 @@ class DevProbe:
         )
 
 
+@dataclass(frozen=True)
+class MemoryFile:
+    """A file with no name in any directory: ``path`` is ``/proc/self/fd/<fd>``.
+
+    Opening ``path`` opens the file afresh (its own offset), so it can be read any number of
+    times, by ``ssl.SSLContext.load_cert_chain`` and by the webhook server's periodic
+    re-reads, for as long as this process keeps ``fd`` open. When the process ends, however
+    it ends (SIGKILL included), the kernel closes ``fd`` and frees the file: nothing is left
+    behind to clean up.
+
+    Made with :func:`os.memfd_create` (Linux; the bytes live in memory only, sealed against
+    writes), or where that is missing, as an unlinked temporary file (the name is gone the
+    moment it is made). :meth:`create` raises OSError where neither can be read back through
+    ``/proc/self/fd`` (no procfs).
+    """
+
+    fd: int
+    in_memory: bool
+    """True for a memfd; False for the unlinked-temporary-file fallback."""
+
+    @property
+    def path(self) -> Path:
+        return Path(f"/proc/self/fd/{self.fd}")
+
+    @classmethod
+    def create(cls, name: str, data: bytes) -> MemoryFile:
+        """A new file holding ``data``, read back once through :attr:`path` to prove it."""
+        memory_file = cls(*_anonymous_descriptor(name))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(memory_file.fd, view) :]
+            if memory_file.in_memory:
+                import fcntl
+
+                seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                fcntl.fcntl(memory_file.fd, fcntl.F_ADD_SEALS, seals | fcntl.F_SEAL_WRITE)
+            if memory_file.path.read_bytes() != data:
+                raise OSError(f"{memory_file.path} does not read back what was written")
+        except BaseException:
+            memory_file.close()
+            raise
+        return memory_file
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+def _anonymous_descriptor(name: str) -> tuple[int, bool]:
+    """(descriptor, in memory): a memfd, else an unlinked temporary file (mode 0600).
+
+    Both are close-on-exec: no child process inherits them."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        try:
+            return int(memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)), True
+        except OSError as exc:  # ENOSYS before Linux 3.17, EPERM under some seccomp profiles
+            logger.debug("memfd_create failed (%s); using an unlinked temporary file.", exc)
+    descriptor, temporary = tempfile.mkstemp(prefix=".gomemlimit-dev-")
+    os.unlink(temporary)  # before a single byte is written
+    return descriptor, False
+
+
 def dev_certificates(config: OperatorConfig, cert_dir: Path) -> tuple[Path, Path, bytes]:
     """(certificate file, key file, CA bundle): self-signed, for the in-cluster service names
-    and the addresses the webhook is bound to and reached at."""
+    and the addresses the webhook is bound to and reached at.
+
+    The certificate and its key are :class:`MemoryFile` objects (``/proc/self/fd/<n>``),
+    open until the process ends: after a crash no private key is left on disk. The CA bundle
+    is only returned (the dev configuration's ``caBundle``), never written. Only where
+    ``/proc/self/fd`` cannot be read back (no procfs) are the files written to ``cert_dir``,
+    as before, with a warning: they stay there until a clean exit removes the directory.
+    """
     hosts = [
         *certs.default_hosts(config.namespace),
         reachable_host(config.bind_host),
         config.bind_host,
     ]
     bundle = certs.generate(hosts)
-    files = certs.write_files(bundle, cert_dir)
-    return files.cert_file, files.key_file, bundle.ca_pem
+    try:
+        key = MemoryFile.create("gomemlimit-dev-tls.key", bundle.key_pem)
+    except OSError as exc:
+        logger.warning(
+            "Cannot keep the dev certificate in memory (%s); writing it to %s, which only a "
+            "clean exit removes.",
+            exc,
+            cert_dir,
+        )
+        files = certs.write_files(bundle, cert_dir)
+        return files.cert_file, files.key_file, bundle.ca_pem
+    try:
+        cert = MemoryFile.create("gomemlimit-dev-tls.crt", bundle.cert_pem)
+    except BaseException:
+        key.close()
+        raise
+    logger.info(
+        "Dev certificate and key kept %s, in no directory.",
+        "in memory (memfd)" if key.in_memory else "in unlinked temporary files",
+    )
+    return cert.path, key.path, bundle.ca_pem
+
+
+_KUBECONFIG_FILES: Final = ("ssl_ca_cert", "cert_file", "key_file")
+"""The ``kubernetes.client.Configuration`` attributes that name files."""
+_MOVED: dict[str, MemoryFile] = {}
+"""Files of the Kubernetes client already moved into memory, by the path it wrote them to:
+it caches them by content, so loading the same kubeconfig again names the same path."""
+
+
+@contextlib.contextmanager
+def kubeconfig_files_in_memory(configuration: Any) -> Iterator[str]:
+    """Around ``kubernetes.config.load_kube_config(..., temp_file_path=<the yielded path>)``:
+    afterwards, what the client wrote there for ``certificate-authority-data``,
+    ``client-certificate-data`` and ``client-key-data`` is in :class:`MemoryFile` objects
+    that ``configuration`` names instead, and the directory is gone.
+
+    Without this the client key stays in ``$TMPDIR`` after a SIGKILL: the client removes
+    those files only in an ``atexit`` handler. Files the kubeconfig names by path are left
+    alone. Where no :class:`MemoryFile` can be made, the files stay where the client wrote
+    them (a private directory), as before, with a warning.
+    """
+    scratch = tempfile.mkdtemp(prefix="gomemlimit-kubeconfig-")  # mode 0700
+    keep = False
+    try:
+        yield scratch
+        for attribute in _KUBECONFIG_FILES:
+            path = getattr(configuration, attribute, None)
+            if not isinstance(path, str):
+                continue
+            moved = _MOVED.get(path)
+            if moved is None:
+                if Path(path).parent != Path(scratch):
+                    continue
+                try:
+                    moved = MemoryFile.create(f"kubeconfig-{attribute}", Path(path).read_bytes())
+                except OSError as exc:
+                    logger.warning(
+                        "Cannot keep the kubeconfig's credentials in memory (%s); they stay "
+                        "in %s until the process exits.",
+                        exc,
+                        scratch,
+                    )
+                    keep = True
+                    return
+                _MOVED[path] = moved
+            setattr(configuration, attribute, str(moved.path))
+    finally:
+        if not keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 class ProbeAnsweringWebhook(PodWebhook):
