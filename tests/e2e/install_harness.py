@@ -225,6 +225,14 @@ def only_this_webhook(cluster: ControlPlane) -> Iterator[None]:
             session.start()
 
 
+def operator_log_lines(release: Release) -> list[str]:
+    """Every line the operator containers of the release wrote, as the node keeps them."""
+    lines: list[str] = []
+    for path in sorted(release.node.pod_logs_dir.glob(f"{release.namespace}_*/**/*.log")):
+        lines += path.read_text(errors="replace").splitlines()
+    return lines
+
+
 def print_operator_logs(release: Release, limit: int = 4000) -> None:
     """The end of each operator container's log on the node, for a failure's report."""
     for pod in release.operator_pods():
