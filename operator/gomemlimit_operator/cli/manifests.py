@@ -162,8 +162,17 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
+_OTHER_BREAKS: Final = "\x85\u2028\u2029"
+"""YAML 1.1 line breaks besides CR and LF. Written raw (plain, quoted or block style), a
+reader folds or normalises them: "\x85" came back as " ". Double quotes escape them."""
+
+
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value and not any(c in value for c in "\r\t") else None
+    style: str | None = None
+    if any(c in value for c in _OTHER_BREAKS):
+        style = '"'
+    elif "\n" in value and not any(c in value for c in "\r\t"):
+        style = "|"
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
@@ -284,9 +293,30 @@ def load_policies(paths: Iterable[str]) -> list[Policy]:
 
 
 def dump_documents(documents: Iterable[Document]) -> str:
-    """Every document as YAML, ``---`` separated, keys in their original order."""
+    """Every document as YAML, ``---`` separated, keys in their original order.
+
+    Raises :class:`ManifestError` for a document nested too deeply for the representer's
+    recursion (a few hundred levels: fewer than the parser takes).
+    """
+    documents = list(documents)
+    try:
+        return _dump(document.body for document in documents)
+    except RecursionError:
+        pass
+    for document in documents:  # which one: named in the error
+        try:
+            _dump([document.body])
+        except RecursionError:
+            raise ManifestError(
+                f"{document.file}: document {document.index + 1}: nested too deeply to print "
+                "as YAML"
+            ) from None
+    raise ManifestError("a document is nested too deeply to print as YAML")
+
+
+def _dump(bodies: Iterable[Any]) -> str:
     return yaml.dump_all(
-        (document.body for document in documents),
+        bodies,
         Dumper=_Dumper,
         sort_keys=False,
         explicit_start=True,
@@ -334,6 +364,10 @@ def _parse(file: str, text: str, *, json_file: bool) -> list[tuple[int, Any]]:
             raise ManifestError(
                 f"{file}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}"
             ) from None
+        except RecursionError:
+            raise ManifestError(f"{file}: invalid JSON: the nesting is too deep") from None
+        except ValueError as exc:  # a number of more than 4,300 digits
+            raise ManifestError(f"{file}: invalid JSON: {exc}") from None
     documents: list[tuple[int, Any]] = []
     try:
         for index, body in enumerate(yaml.load_all(text, Loader=_Loader)):
@@ -350,6 +384,8 @@ def _parse(file: str, text: str, *, json_file: bool) -> list[tuple[int, Any]]:
         raise ManifestError(
             f"{file}: invalid YAML: an alias refers to itself, or the nesting is too deep"
         ) from None
+    except ValueError as exc:  # from a constructor: a 5,000-digit integer, !!timestamp 2001-13-45
+        raise ManifestError(f"{file}: invalid YAML: {exc}") from None
     return documents
 
 

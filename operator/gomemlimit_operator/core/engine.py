@@ -655,7 +655,8 @@ def mutate_pod(
     (recorded in the ``gomemlimit.io/injected`` annotation). A user's own value
     is replaced only when the policy says ``onExisting: override``. GOGC is written
     only beside a GOMEMLIMIT: ``GOGC=off`` with no limit would let the heap grow unbounded.
-    Raises :class:`PodTooLarge` beyond ``bounds``, before changing anything.
+    Raises :class:`PodTooLarge` beyond ``bounds``, and :class:`SpecError` for two
+    containers of one name, before changing anything.
     """
     if policy is None:
         return MutationResult(False, "no policy governs the pod")
@@ -667,6 +668,7 @@ def mutate_pod(
     record: dict[str, dict[str, str]] = {}
     changed = False
     pod = _Pod.of(spec, prefix, bounds)
+    _check_unique_names(pod)
     # Every quantity is read before anything is written: a SpecError leaves the pod as it was.
     limits = [
         (slot, _limit(slot, pod)) for slot in pod.slots if governs(policy, slot.name, slot.init)
@@ -695,6 +697,22 @@ def mutate_pod(
     if not changed:
         return MutationResult(False, "already up to date" if record else "nothing to inject")
     return MutationResult(True, f"injected by {policy.ref}", record)
+
+
+def _check_unique_names(pod: _Pod) -> None:
+    """Raise :class:`SpecError` for a container named like an earlier one. Kubernetes refuses
+    such a pod (after the webhooks), and the injected record, which is by name, would mix
+    them up: a user's own value taken for ours and replaced on the next call."""
+    if len(pod.by_name) == len(pod.slots):
+        return
+    seen: set[str] = set()
+    for slot in pod.slots:
+        if slot.name in seen:
+            raise SpecError(
+                f"{slot.path}.name",
+                "the same name as an earlier container; Kubernetes requires unique names",
+            )
+        seen.add(slot.name)
 
 
 def _write_env(slot: _Slot, var: str, value: str, ours: str | None, policy: Policy) -> bool | None:

@@ -68,13 +68,24 @@ def parse_bytes(value: object) -> int:
         if suffix in _BINARY:
             amount = Decimal(number) * (1 << _BINARY[suffix])
         else:  # a Decimal built from text keeps any exponent exactly: 1e999999 costs nothing
-            exponent = _DECIMAL[suffix] if suffix in _DECIMAL else int(suffix[1:] or 0)
+            exponent = _DECIMAL[suffix] if suffix in _DECIMAL else _exponent(suffix[1:], text)
             amount = Decimal(f"{number}e{exponent}")
         if amount < 0:
             raise QuantityError(f"{text!r} is negative")
         if amount > CEILING:  # compares exponents: cheap for any size
             raise QuantityTooLarge(f"{text!r} is more than {CEILING_TEXT} bytes")
         return math.ceil(amount)
+
+
+def _exponent(written: str, text: str) -> int:
+    """A decimal exponent, clamped to ``len(text) + 25`` either way. Beyond that, any number
+    of that many digits is already above the ceiling, or below one byte (rounded up to 1),
+    so the result is the same; and there is no ``int()`` of thousands of digits (a
+    ValueError past 4,300) nor a Decimal past its exponent limit (InvalidOperation)."""
+    bound = len(text) + 25
+    digits = written.lstrip("+-").lstrip("0") or "0"
+    magnitude = bound if len(digits) > len(str(bound)) else min(int(digits), bound)
+    return -magnitude if written.startswith("-") else magnitude
 
 
 def _decimal_text(value: int | float | Decimal) -> str:

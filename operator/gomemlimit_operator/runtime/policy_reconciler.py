@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -366,13 +367,26 @@ async def load_and_resync(
         await asyncio.sleep(resync_seconds)
 
 
+_NAMESPACE_NAME: Final = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+"""A namespace name (an RFC 1123 label): anything else cannot exist, so it is never looked up."""
+
+
 def namespace_ensurer(
     index: PolicyReconciler, lister: KubernetesLister, timeout: float = 1.0
 ) -> Callable[[str], Awaitable[None]]:
-    """For the webhook: look up a namespace the watch has not delivered yet, if labels matter."""
+    """For the webhook: look up a namespace the watch has not delivered yet, if labels matter.
+
+    A name no namespace can have (a request sent to the webhook directly, with a megabyte
+    name, say) is not looked up: the GET would take the whole timeout for nothing, and hold
+    one of the few threads the real lookups need.
+    """
 
     async def ensure(name: str) -> None:
-        if index.knows_namespace(name) or not index.needs_namespace_labels():
+        if (
+            index.knows_namespace(name)
+            or not index.needs_namespace_labels()
+            or not _NAMESPACE_NAME.fullmatch(name)
+        ):
             return
         token = index.begin_listing()
         try:

@@ -127,20 +127,31 @@ def admit(
 
 
 def _summary(injected: Mapping[str, Mapping[str, str]], shown: int = 3) -> str:
-    """The injected values for a log line: a few containers, then how many more."""
-    items = [f"{name}: {dict(values)}" for name, values in list(injected.items())[:shown]]
+    """The injected values for a log line: a few containers, then how many more. Names are
+    shortened: the webhook sees a pod before the API server validates it, so a container
+    name can be megabytes long."""
+    items = [
+        f"{_short(name, 100)}: {dict(values)}" for name, values in list(injected.items())[:shown]
+    ]
     if len(injected) > shown:
         items.append(f"and {len(injected) - shown} more containers")
     return "{" + ", ".join(items) + "}"
 
 
 def _describe(pod: Mapping[str, Any]) -> str:
-    """namespace/name for a log line; never raises, whatever the object holds."""
+    """namespace/name for a log line; never raises, whatever the object holds. Only strings
+    are shown: formatting any other value can fail (a list nested 1,000 levels deep raises
+    RecursionError), and this runs in the handler's own error path."""
     metadata = pod.get("metadata")
     if not isinstance(metadata, Mapping):
         return "?/?"
-    name = metadata.get("name") or f"{metadata.get('generateName') or ''}<generated>"
-    return _short(f"{metadata.get('namespace') or '?'}/{name}")
+
+    def text(key: str) -> str:
+        value = metadata.get(key)
+        return value if isinstance(value, str) else ""
+
+    name = text("name") or f"{text('generateName')}<generated>"
+    return _short(f"{text('namespace') or '?'}/{name}")
 
 
 def _short(text: str, limit: int = 300) -> str:

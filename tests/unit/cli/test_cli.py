@@ -432,6 +432,61 @@ def test_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "audit", "-f", path)[2] == f"gomemlimit: error: {path}: not UTF-8 text\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "big.yaml",
+            POD.format(name="p", limit="512Mi") + "  x: " + "1" * 5000 + "\n",
+            "invalid YAML: Exceeds the limit (4300 digits) for integer string conversion",
+        ),
+        (
+            "date.yaml",
+            POD.format(name="p", limit="512Mi") + "  x: !!timestamp 2001-13-45\n",
+            "invalid YAML: month must be in 1..12",
+        ),
+        ("big.json", '{"a": ' + "1" * 5000 + "}", "invalid JSON: Exceeds the limit (4300 digits)"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "invalid JSON: the nesting is too deep"),
+    ],
+)
+@pytest.mark.parametrize("command", ["audit", "mutate"])
+def test_hostile_files_exit_2_not_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, name: str, text: str,
+    message: str,
+) -> None:  # fmt: skip
+    """Found by tests/unit/cli/test_fuzz_manifests.py: each was an internal error (exit 3)."""
+    path = write(tmp_path / name, text)
+    code, out, err = run(capsys, command, "-f", path)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"gomemlimit: error: {path}: {message}")
+    assert err.count("\n") == 1
+
+
+def test_a_document_too_deep_to_print_is_bad_input_for_mutate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by tests/unit/cli/test_fuzz_manifests.py: PyYAML's representer recurses, and
+    gives up a few hundred levels before the parser does (exit 3 with a traceback)."""
+    nested = "[" * 360 + "]" * 360
+    path = write(tmp_path / "deep.yaml", POD.format(name="p", limit="512Mi") + f"  x: {nested}\n")
+    assert run(capsys, "audit", "-f", path)[0] == 1  # read and judged: missing
+    code, out, err = run(capsys, "mutate", "-f", path)
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        f"gomemlimit: error: {path}: document 1: nested too deeply to print as YAML\n"
+    )
+
+
+def test_an_exponent_of_thousands_of_digits_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by tests/e2e/test_fuzz.py: parse_bytes raised a plain ValueError (exit 3)."""
+    path = write(tmp_path / "pod.yaml", POD.format(name="p", limit="1e" + "0" * 5000 + "3"))
+    code, rows = audit_json(capsys, "-f", path)
+    assert code == 1
+    assert [(row["memoryLimitBytes"], row["state"]) for row in rows] == [(1000, "unsatisfiable")]
+
+
 def test_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(tmp_path / "README.md", "not a manifest")
     code, _, err = run(capsys, "audit", "-f", tmp_path)

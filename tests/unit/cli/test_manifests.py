@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gomemlimit_operator.cli.manifests import POD_SPEC_PATHS, ManifestError, load_manifests
+from gomemlimit_operator.cli.manifests import (
+    POD_SPEC_PATHS,
+    Document,
+    ManifestError,
+    dump_documents,
+    load_manifests,
+)
 
 TESTDATA = Path(__file__).parents[1] / "testdata"
 TEMPLATE = "spec.template.spec"
@@ -160,3 +167,12 @@ def test_a_recursive_alias_is_a_clear_error(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{path}: invalid YAML: an alias refers to itself, or the nesting is too deep"
     )
+
+
+@pytest.mark.parametrize("value", ["\x85", "team\u2028a", "a\u2029", "x\x85\ny", "two\nlines"])
+def test_printed_strings_read_back_the_same(value: str) -> None:
+    """Found by the CLI fuzzer: YAML 1.1's other line breaks (NEL, LS, PS) written raw came
+    back folded: mutate turned an annotation "\\x85" into " "."""
+    document = Document("f.yaml", 0, {"metadata": {"annotations": {value: value}}})
+    printed = dump_documents([document])
+    assert yaml.safe_load(printed) == document.body

@@ -622,3 +622,20 @@ def test_a_bad_quantity_anywhere_leaves_the_pod_as_it_was() -> None:
     with pytest.raises(SpecError, match=r"spec\.containers\[1\]\.resources\.limits\.memory"):
         mutate_pod(metadata, spec, DEFAULT_POLICY)
     assert (metadata, spec) == before
+
+
+def test_two_containers_of_one_name_are_refused_before_anything_is_written() -> None:
+    """Found by test_lean_webhook.py (with more examples): the injected record is by name, so
+    of two init containers named proxy, the first one's own GOMEMLIMIT was taken for ours on
+    the next call and replaced. Kubernetes refuses such a pod anyway, after the webhooks."""
+    own = container("proxy", limit=None, env=[env_value("GOMEMLIMIT", "460MiB")])
+    spec = {
+        "initContainers": [own, container("proxy", "512Mi")],
+        "containers": [container("app")],
+        "resources": {"limits": {"memory": "2Gi"}},
+    }
+    metadata: dict[str, Any] = {}
+    before = copy.deepcopy((metadata, spec))
+    with pytest.raises(SpecError, match=r"spec\.initContainers\[1\]\.name: the same name as an"):
+        mutate_pod(metadata, spec, policy(includeInitContainers=True))
+    assert (metadata, spec) == before

@@ -135,6 +135,33 @@ def test_rejects_invalid_text(text: str) -> None:
         parse_bytes(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1e" + "0" * 5000 + "3", 1000),  # int() refuses more than 4,300 digits
+        ("1e-" + "0" * 5000 + "3", 1),
+        ("0e99999999999999999999", 0),  # past Decimal's exponent limit: InvalidOperation
+        ("1e-99999999999999999999", 1),
+        ("1e-" + "9" * 5000, 1),
+        ("0." + "0" * 100 + "1e124", 10**23),
+    ],
+)
+def test_exponents_of_any_length(text: str, expected: int) -> None:
+    """Found by tests/e2e/test_fuzz.py: a ValueError (or decimal.InvalidOperation) instead of a
+    QuantityError made the webhook count an error, and the CLI exit 3 with a traceback."""
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["1e" + "9" * 5000, "1e99999999999999999999", "0.001e99999999999999999999"]
+)
+def test_exponents_past_every_limit_are_above_the_ceiling(text: str) -> None:
+    with pytest.raises(QuantityTooLarge):
+        parse_bytes(text)
+    with pytest.raises(QuantityError, match="negative"):
+        parse_bytes("-" + text)
+
+
 @pytest.mark.parametrize("text", ["-1", "-1Mi", "-0.5Gi"])
 def test_rejects_negative(text: str) -> None:
     with pytest.raises(QuantityError, match="negative"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
+
 from gomemlimit_operator.core.policy_view import PolicyKey, PolicyView
-from gomemlimit_operator.runtime.policy_reconciler import PolicyReconciler
+from gomemlimit_operator.runtime.policy_reconciler import PolicyReconciler, namespace_ensurer
 
 
 def obj(
@@ -113,3 +116,41 @@ def test_namespace_labels_matter_only_with_namespace_selectors() -> None:
     assert not index.needs_namespace_labels()
     index.policy_event("ADDED", obj("picky", namespaceSelector={"matchLabels": {"a": "b"}}))
     assert index.needs_namespace_labels()
+
+
+class _Lister:
+    """Records the namespaces the webhook's ensurer GETs; none of them exists."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def get_namespace(self, name: str, timeout: float = 1.0) -> dict[str, Any] | None:
+        self.asked.append(name)
+        return None
+
+
+@pytest.mark.parametrize(
+    ("name", "looked_up"),
+    [
+        ("team-a", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("x" * 1_000_000, False),
+        ("Team", False),
+        ("%2F..%2Fsecrets", False),
+        ("ns\n", False),
+        ("-a", False),
+        ("", False),
+    ],
+)
+def test_the_webhook_never_looks_up_a_name_no_namespace_can_have(
+    name: str, looked_up: bool
+) -> None:
+    """Found by tests/e2e/test_fuzz.py: a review naming a megabyte namespace made a GET with
+    a megabyte URL, which took the whole timeout (1.5 s) and one of the lookup threads."""
+    registry = PolicyView()
+    index = PolicyReconciler(registry)
+    index.policy_event("ADDED", obj("picky", namespaceSelector={"matchLabels": {"a": "b"}}))
+    lister = _Lister()
+    asyncio.run(namespace_ensurer(index, lister)(name))  # type: ignore[arg-type]
+    assert lister.asked == ([name] if looked_up else [])

@@ -251,6 +251,47 @@ def test_an_object_that_is_not_a_pod_is_allowed_and_counted_as_our_error(
     assert count(metrics, "error") == 1
 
 
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("field", "result"),
+    [("namespace", "error"), ("name", "mutated"), ("generateName", "mutated")],
+)
+def test_a_field_nested_1000_levels_deep_is_answered_never_a_server_error(
+    registry: PolicyView, caplog: pytest.LogCaptureFixture, field: str, result: str
+) -> None:
+    """Found by tests/e2e/test_fuzz.py: describing such a pod for a log line raised
+    RecursionError (in the handler's own error path for a namespace), so review() raised and
+    the server answered 500. Now only strings are shown."""
+    caplog.set_level(logging.DEBUG)
+    webhook, metrics = make_webhook(registry)
+    request_pod = pod(container("app"))
+    request_pod["metadata"][field] = _nested(1000)
+    ops, _ = handle(webhook, request_pod)
+    assert bool(ops) == (result == "mutated")
+    assert count(metrics, result) == 1
+
+
+def test_log_lines_stay_short_whatever_the_names(caplog: pytest.LogCaptureFixture) -> None:
+    """The webhook sees a pod before the API server validates it, so a container name can be
+    megabytes long; the "Injected into" line shortens it (tests/e2e/test_fuzz.py bounds the
+    operator log's growth under such pods)."""
+    caplog.set_level(logging.INFO)
+    registry = PolicyView()
+    registry.set_policy(policy("all"))
+    webhook, metrics = make_webhook(registry)
+    ops, _ = handle(webhook, pod(container("x" * 1_000_000), container("y" * 1_000_000)))
+    assert ops
+    assert count(metrics, "mutated") == 1
+    assert caplog.records
+    assert all(len(record.getMessage()) < 1000 for record in caplog.records)
+
+
 def test_namespace_lookup_failure_is_not_fatal(registry: PolicyView) -> None:
     async def ensure(namespace: str) -> None:
         raise TimeoutError
