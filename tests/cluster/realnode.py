@@ -352,6 +352,10 @@ disabled_plugins = [
             f"--hostname-override={self.name}",
             "--node-ip=127.0.0.1",
             f"--node-labels={NODE_LABEL_KEY}={NODE_LABEL_VALUE}",
+            # cAdvisor's own containerd client (a cAdvisor flag the kubelet still registers):
+            # without our socket it cannot name the containers, and /metrics/cadvisor has no
+            # container, pod, namespace or image labels for them.
+            f"--containerd={self.containerd_sock}",
             "--v=1",
         ]
 

@@ -17,19 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gomemlimit_operator.install.dashboard import queries
 from tests.cluster.controlplane import ControlPlane, KubectlError
@@ -46,11 +40,11 @@ from tests.e2e.install_harness import (
     operator_log_lines,
     print_operator_logs,
 )
-from tests.e2e.operator_harness import free_ports, get, wait_until
+from tests.e2e.operator_harness import get, wait_until
+from tests.e2e.prometheus_harness import api, run_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-RULES = REPO / "deploy" / "prometheus" / "alerts.yaml"
 RELEASE = "gml"
 NAMESPACE = "gomemlimit-e2e"
 CLUSTER_IP = "127.96.201.17"  # in the loopback service CIDR: the operator binds it too
@@ -201,62 +195,13 @@ def prometheus(release: Release, tmp: Path) -> Iterator[str]:
     """A real Prometheus scraping the operator every second, with deploy/prometheus/alerts.yaml
     whose ``for:`` durations are set to 0 (the expressions are exactly the shipped ones)."""
     binary = next((Path(release.cluster.binaries.helm).parents[1]).glob("prometheus-*/prometheus"))
-    rules = yaml.safe_load(RULES.read_text())
-    for group in rules["groups"]:
-        group["interval"] = "1s"
-        for rule in group["rules"]:
-            rule["for"] = "0s"
-    (tmp / "rules.yaml").write_text(yaml.safe_dump(rules))
-    (port,) = free_ports(1)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp / "rules.yaml")],
-        "scrape_configs": [
-            {
-                "job_name": "gomemlimit-operator",
-                "honor_labels": True,
-                "static_configs": [{"targets": [f"{CLUSTER_IP}:{release.ports['metrics']}"]}],
-            }
-        ],
+    scrape = {
+        "job_name": "gomemlimit-operator",
+        "honor_labels": True,
+        "static_configs": [{"targets": [f"{CLUSTER_IP}:{release.ports['metrics']}"]}],
     }
-    (tmp / "prometheus.yaml").write_text(yaml.safe_dump(config))
-    log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [
-            str(binary),
-            f"--config.file={tmp / 'prometheus.yaml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _ready(url), "Prometheus to be ready", timeout=60)
+    with run_prometheus(binary, tmp, [scrape]) as url:
         yield url
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-
-
-def _ready(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-        return bool(r.status == 200)
-    return False
-
-
-def _api(url: str, path: str, **params: str) -> Any:
-    query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}/api/v1/{path}?{query}", timeout=10) as response:
-        body = json.loads(response.read())
-    assert body["status"] == "success", body
-    return body["data"]
 
 
 def test_alerts_fire_and_every_dashboard_query_returns_data(
@@ -292,7 +237,7 @@ def test_alerts_fire_and_every_dashboard_query_returns_data(
                 cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
 
             def firing() -> set[str] | None:
-                alerts = _api(url, "alerts")["alerts"]
+                alerts = api(url, "alerts")["alerts"]
                 names = {
                     a["labels"]["alertname"]
                     for a in alerts
@@ -304,9 +249,10 @@ def test_alerts_fire_and_every_dashboard_query_returns_data(
             fired = wait_until(firing, "both alerts to fire", timeout=120)
             print(f"firing for {namespace}: {sorted(fired)}")
             # Rates need two scrapes of a counter inside their window: a few seconds.
-            for expr in queries():
+            # The go-runtime panels need Go pods and cAdvisor: test_runtime_alerts.py runs them.
+            for expr in queries("operator"):
                 wait_until(
-                    lambda expr=expr: _api(url, "query", query=expr)["result"] or None,
+                    lambda expr=expr: api(url, "query", query=expr)["result"] or None,
                     f"data for the dashboard query {expr}",
                     timeout=30,
                 )

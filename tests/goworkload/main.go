@@ -5,7 +5,10 @@
 //
 // Every -report interval it prints one JSON line on stdout: the GOMEMLIMIT the runtime uses,
 // the cgroup's memory limit, GC counts and heap sizes. With -metrics-addr it also serves the
-// client_golang default registry (go_gc_gomemlimit_bytes, go_memstats_*, ...) on /metrics.
+// client_golang default registry (go_gc_gomemlimit_bytes, go_memstats_*, ...) on /metrics;
+// -runtime-metrics adds the opt-in runtime/metrics series the GC pressure rules prefer
+// (go_gc_heap_live_bytes, go_cpu_classes_gc_total_cpu_seconds_total,
+// go_cpu_classes_total_cpu_seconds_total).
 //
 // It exits 0 after -duration (0: run until SIGTERM). Memory is touched page by page, so what
 // it holds is resident and counts against the container's memory limit.
@@ -19,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -26,10 +30,32 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 const mib = 1 << 20
+
+// optInRuntimeMetrics are the runtime/metrics (Go >= 1.21) that client_golang exports only
+// when asked with collectors.WithGoCollectorRuntimeMetrics.
+var optInRuntimeMetrics = regexp.MustCompile(`^/gc/heap/live:bytes$|^/cpu/classes/(gc/)?total:cpu-seconds$`)
+
+// metricsHandler is client_golang's default registry, or with runtimeMetrics a registry
+// with the same Go and process collectors plus optInRuntimeMetrics.
+func metricsHandler(runtimeMetrics bool) http.Handler {
+	if !runtimeMetrics {
+		return promhttp.Handler()
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			collectors.GoRuntimeMetricsRule{Matcher: optInRuntimeMetrics},
+		)),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return promhttp.HandlerFor(registry, promhttp.HandlerOpts{})
+}
 
 var pageSize = os.Getpagesize()
 
@@ -86,6 +112,7 @@ func main() {
 	every := flag.Duration("report", time.Second, "interval between JSON reports on stdout")
 	startDelay := flag.Duration("start-delay", 0, "idle this long before allocating anything")
 	metricsAddr := flag.String("metrics-addr", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9102")
+	runtimeMetrics := flag.Bool("runtime-metrics", false, "with -metrics-addr, also export go_gc_heap_live_bytes and the GC CPU classes")
 	flag.Parse()
 
 	start := time.Now()
@@ -112,7 +139,7 @@ func main() {
 	emit("start")
 
 	if *metricsAddr != "" {
-		server := &http.Server{Addr: *metricsAddr, Handler: promhttp.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		server := &http.Server{Addr: *metricsAddr, Handler: metricsHandler(*runtimeMetrics), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := server.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				fmt.Fprintf(os.Stderr, "goworkload: metrics server: %v\n", err)

@@ -1,7 +1,9 @@
 """The Grafana dashboard, generated: every panel and its PromQL in one place (:data:`PANELS`).
 
 The chart ships it as a ConfigMap with the Grafana sidecar's label. Tests parse every
-query with promtool, and the install e2e runs each against a real Prometheus.
+query with promtool; the install e2e runs each ``operator`` query against a real Prometheus
+scraping the operator, and the runtime-alerts e2e each ``go-runtime`` query against one
+scraping Go pods and the kubelet's cAdvisor (the recording rules of deploy/prometheus).
 """
 
 from __future__ import annotations
@@ -10,10 +12,27 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["PANELS", "TITLE", "UID", "Panel", "Query", "dashboard", "dashboard_json", "queries"]
+__all__ = [
+    "PANELS",
+    "SOURCES",
+    "TITLE",
+    "UID",
+    "Panel",
+    "Query",
+    "dashboard",
+    "dashboard_json",
+    "queries",
+]
 
 TITLE: Final = "gomemlimit-operator"
 UID: Final = "gomemlimit-operator"
+# What a panel's series come from: the operator's own metrics, or the Go apps' client_golang
+# metrics joined with the kubelets' cAdvisor by the gomemlimit-go-runtime recording rules.
+SOURCES: Final = ("operator", "go-runtime")
+# math.MaxInt64, the runtime's "no limit", is above this.
+_UNSET: Final = "9.2e18"
+_JOIN: Final = "on (namespace, pod, container)"
+_WHO: Final = "{{namespace}}/{{pod}}/{{container}}"
 
 
 @dataclass(frozen=True)
@@ -33,6 +52,7 @@ class Panel:
     width: int = 12
     height: int = 8
     options: dict[str, Any] = field(default_factory=dict)
+    source: str = "operator"
 
 
 PANELS: Final[tuple[Panel, ...]] = (
@@ -132,12 +152,72 @@ PANELS: Final[tuple[Panel, ...]] = (
         width=12,
         height=5,
     ),
+    Panel(
+        "Go runtime limit against container limit",
+        "timeseries",
+        (
+            Query(f"gomemlimit:go_runtime_limit_bytes < {_UNSET}", f"GOMEMLIMIT {_WHO}"),
+            Query(
+                f"gomemlimit:container_memory_limit_bytes and {_JOIN} "
+                "gomemlimit:go_runtime_limit_bytes",
+                f"limit {_WHO}",
+            ),
+        ),
+        "The memory limit each Go container's runtime uses (go_gc_gomemlimit_bytes, whatever "
+        "the spec says) and its container's limit (cAdvisor). A container with no GOMEMLIMIT "
+        "shows only its limit.",
+        unit="bytes",
+        source="go-runtime",
+    ),
+    Panel(
+        "Go runtime limit / container limit",
+        "timeseries",
+        (
+            Query(
+                "clamp_max(gomemlimit:go_runtime_limit_bytes "
+                f"/ {_JOIN} gomemlimit:container_memory_limit_bytes, 1.5)",
+                _WHO,
+            ),
+        ),
+        "At or above 100% GoRuntimeMemoryLimitMissing fires: the kernel OOM-kills before the "
+        "GC reacts. No GOMEMLIMIT (math.MaxInt64) is drawn at the 150% cap.",
+        unit="percentunit",
+        source="go-runtime",
+    ),
+    Panel(
+        "Live heap / GOMEMLIMIT",
+        "timeseries",
+        (
+            Query(
+                f"gomemlimit:go_heap_live_bytes / {_JOIN} "
+                f"(gomemlimit:go_runtime_limit_bytes < {_UNSET})",
+                _WHO,
+            ),
+        ),
+        "GoHeapNearMemoryLimit fires above 90% for 10 minutes: the GC then runs back to back.",
+        unit="percentunit",
+        source="go-runtime",
+    ),
+    Panel(
+        "GC CPU fraction",
+        "timeseries",
+        (Query("gomemlimit:go_gc_cpu_fraction:rate5m", _WHO),),
+        "Share of the CPU time GOMAXPROCS allows that the GC used (the runtime caps it near "
+        "50%). Needs the opt-in runtime metrics /cpu/classes/gc/total:cpu-seconds and "
+        "/cpu/classes/total:cpu-seconds (docs/metrics.md).",
+        unit="percentunit",
+        source="go-runtime",
+    ),
 )
 
 
-def queries() -> list[str]:
-    """Every PromQL expression of the dashboard, in panel order."""
-    return [query.expr for panel in PANELS for query in panel.queries]
+def queries(source: str | None = None) -> list[str]:
+    """Every PromQL expression of the dashboard (or of its panels on ``source``), in order."""
+    if source is not None and source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}: one of {SOURCES}")
+    return [
+        query.expr for panel in PANELS if source in (None, panel.source) for query in panel.queries
+    ]
 
 
 def _panel(index: int, panel: Panel, x: int, y: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,7 +38,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid(promtool: str) -> None:
     result = run(promtool, "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass(promtool: str) -> None:
@@ -46,27 +47,60 @@ def test_rule_unit_tests_pass(promtool: str) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_every_alert_has_a_unit_test_and_docs() -> None:
-    rules = yaml.safe_load(RULES.read_text())
-    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
-    tests = yaml.safe_load(RULE_TESTS.read_text())
-    tested = {
+def _rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_every_rule_has_a_unit_test_and_docs() -> None:
+    alerts = {rule["alert"] for rule in _rules() if "alert" in rule}
+    records = {rule["record"] for rule in _rules() if "record" in rule}
+    assert len(alerts) + len(records) == len(_rules())
+    tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
+    fired = {
         case["alertname"]
-        for test in tests["tests"]
+        for test in tests
         for case in test.get("alert_rule_test", [])
         if case.get("exp_alerts")
     }
-    assert alerts == tested
+    quiet = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case.get("exp_alerts")
+    }
+    assert alerts == fired
+    assert alerts <= quiet  # and a case where it must not fire
+    # A recording rule is tested by a promql_expr_test that queries it and expects samples.
+    evaluated = {
+        case["expr"]
+        for test in tests
+        for case in test.get("promql_expr_test", [])
+        if case.get("exp_samples")
+    }
+    assert records == evaluated
     docs = (RULES_DIR.parents[1] / "docs" / "metrics.md").read_text()
-    assert {alert for alert in alerts if alert not in docs} == set()
+    assert {name for name in alerts | records if f"`{name}`" not in docs} == set()
 
 
 def test_cluster_state_rules_never_sum_over_replicas() -> None:
-    rules = yaml.safe_load(RULES.read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            expr = rule["expr"]
-            if "gomemlimit_containers" in expr or "gomemlimit_last_evaluation" in expr:
-                assert "max" in expr, rule["alert"]
-                assert "sum" not in expr, rule["alert"]
-            assert "instance" not in expr, rule["alert"]
+    for rule in _rules():
+        name, expr = rule.get("alert") or rule["record"], rule["expr"]
+        if "gomemlimit_containers" in expr or "gomemlimit_last_evaluation" in expr:
+            assert "max" in expr, name
+            assert "sum" not in expr, name
+        assert "instance" not in expr, name
+
+
+def test_go_runtime_rules_keep_exactly_the_join_labels() -> None:
+    """Every Go runtime and cAdvisor series is reduced to (namespace, pod, container) before
+    a join, so a second scrape of one container (another job, instance or cAdvisor id) can
+    neither double it nor break the join."""
+    for rule in _rules():
+        expr = " ".join(rule["expr"].split())
+        if not any(series in expr for series in ("go_", "container_spec_", "gomemlimit:")):
+            continue
+        for clause in ("max by (", " on ("):
+            for index in range(expr.count(clause)):
+                start = expr.split(clause, index + 1)[index + 1]
+                assert start.startswith("namespace, pod, container)"), (rule, start)

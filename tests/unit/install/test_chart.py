@@ -136,6 +136,14 @@ def test_dashboard_covers_the_required_panels_on_gomemlimit_series() -> None:
         "gomemlimit_last_evaluation_timestamp_seconds",
     ):
         assert series in text
+    # The Go runtime panels read the recording rules that join the apps with cAdvisor.
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    records = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    runtime = " ".join(dashboard.queries("go-runtime"))
+    assert {record for record in records if record not in runtime} == set()
+    assert dashboard.queries("operator") + dashboard.queries("go-runtime") == dashboard.queries()
+    with pytest.raises(ValueError, match="unknown source"):
+        dashboard.queries("grafana")
     model = json.loads(dashboard.dashboard_json())
     assert [p["title"] for p in model["panels"]] == [p.title for p in dashboard.PANELS]
     assert any(p["type"] == "table" for p in model["panels"])
