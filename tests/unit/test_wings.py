@@ -15,7 +15,7 @@ WINGS = ("core", "cli", "runtime", "install")
 # Third-party top-level modules each wing may import (the standard library is always fine).
 THIRD_PARTY = {
     "core": {"pydantic"},
-    "cli": {"pydantic", "yaml"},
+    "cli": {"pydantic", "yaml", "kubernetes", "urllib3"},  # kubernetes: cluster.py only
     "install": {"pydantic", "yaml"},
     "runtime": {"aiohttp", "cryptography", "kopf", "kubernetes", "orjson", "prometheus_client"},
 }
@@ -120,3 +120,24 @@ def test_no_import_cycles() -> None:
         if name not in state and visit(name, []):
             break
     assert cycle == []
+
+
+def test_only_the_live_audit_loads_the_kubernetes_client_and_only_when_it_runs() -> None:
+    """cli/cluster.py (audit --cluster) and cli/explain.py (explain pod/NAME) import kubernetes
+    inside functions; no other cli module does at all."""
+    cli = PACKAGE / "cli"
+    users = {
+        p.name for p in cli.rglob("*.py") for n in imports(p) if n.split(".")[0] == "kubernetes"
+    }
+    assert users <= {"cluster.py", "explain.py"}
+    for user in sorted(users):
+        tree = ast.parse((cli / user).read_text())
+        top_level = [
+            alias.name if isinstance(node, ast.Import) else node.module
+            for node in tree.body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in (node.names if isinstance(node, ast.Import) else [None])
+        ]
+        assert not [
+            name for name in top_level if name and name.split(".")[0] in {"kubernetes", "urllib3"}
+        ], user

@@ -13,6 +13,7 @@ Exit codes: 0 success; 1 ``audit`` found a container in a failing state;
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -25,6 +26,8 @@ from importlib import metadata as importlib_metadata
 from typing import Any, Final, TextIO
 
 from gomemlimit_operator import __version__
+from gomemlimit_operator.cli.cluster import LiveResult, Workload, audit_cluster
+from gomemlimit_operator.cli.explain import add_parser as add_explain_parser
 from gomemlimit_operator.cli.manifests import (
     ManifestError,
     ManifestSet,
@@ -59,7 +62,8 @@ Set GOMEMLIMIT to a safe fraction of each Go container's memory limit.
 
 Offline commands for CI pipelines and people: `audit` checks manifests,
 `mutate` prints them with GOMEMLIMIT injected, exactly as the operator's
-admission webhook would do it at pod creation.
+admission webhook would do it at pod creation. `explain` shows, step by
+step, how one pod's GOMEMLIMIT is decided, offline or from a cluster.
 """
 
 _EPILOG: Final = """\
@@ -68,6 +72,7 @@ examples:
   {prog} audit -f app.yaml --policy policy.yaml -o json
   {prog} mutate -f app.yaml > app.patched.yaml
   {prog} mutate -f app.yaml | kubectl apply -f -
+  {prog} explain pod/api-7d4b9-x2x8q -n shop   why this pod has (or lacks) its value
 
 Without any policy (no --policy and none among the manifests) an implicit
 ClusterGoMemPolicy with all defaults governs every container: GOMEMLIMIT is
@@ -129,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
         options = parser.parse_args(args)
+        if hasattr(options, "check"):
+            options.check(options)
     except SystemExit as exc:  # --help, --version and usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     try:
@@ -173,15 +180,32 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_AUDIT_EPILOG,
         formatter_class=formatter,
     )
-    _add_inputs(audit)
+    _add_inputs(audit, files_required=False)
     audit.add_argument(
         "-o",
         "--output",
-        choices=("table", "json"),
+        choices=("table", "wide", "json"),
         default="table",
-        help="table (default; coloured on a terminal unless NO_COLOR is set) or json",
+        help="table (default; coloured on a terminal unless NO_COLOR is set), "
+        "wide (with --cluster: one row per pod) or json",
     )
-    audit.set_defaults(run=_audit)
+    live = audit.add_argument_group(
+        "live audit",
+        "read the pods, policies and namespace labels of a cluster; no operator needed",
+    )
+    live.add_argument(
+        "--cluster", action="store_true", help="audit the cluster of the kubeconfig context"
+    )
+    live.add_argument("--context", help="the kubeconfig context (default: the current one)")
+    scope = live.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="only the pods of this namespace")
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="every namespace (the default)"
+    )
+    live.add_argument(
+        "-l", "--selector", metavar="SELECTOR", help="only pods with these labels, e.g. app=api"
+    )
+    audit.set_defaults(run=_audit, check=functools.partial(_check_audit, audit))
 
     mutate = commands.add_parser(
         "mutate",
@@ -191,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_inputs(mutate)
     mutate.set_defaults(run=_mutate)
+    add_explain_parser(commands, formatter, _inputs)
 
     commands.add_parser(
         "operator",
@@ -202,19 +227,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_inputs(parser: argparse.ArgumentParser) -> None:
+def _add_inputs(parser: argparse.ArgumentParser, *, files_required: bool = True) -> None:
     parser.add_argument(
         "-f",
         "--filename",
         dest="files",
         action="append",
-        required=True,
+        required=files_required,
         metavar="PATH",
         help=_FILE_HELP,
     )
     parser.add_argument(
         "--policy", dest="policies", action="append", default=[], metavar="PATH", help=_POLICY_HELP
     )
+
+
+def _check_audit(audit: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """Files or the cluster: --context, -n, -A and -l imply --cluster (`kubectl gomemlimit
+    audit -A`). Exits 2 with the usage on a conflict."""
+    options.cluster = bool(
+        options.cluster
+        or options.context
+        or options.namespace
+        or options.all_namespaces
+        or options.selector
+    )
+    if options.cluster and options.files:
+        audit.error("-f reads files, --cluster (-n, -A, -l, --context) the cluster: not both")
+    if not options.cluster and not options.files:
+        audit.error("one of -f PATH or --cluster is required")
 
 
 def _version() -> str:
@@ -311,12 +352,16 @@ def _mutate(options: argparse.Namespace) -> int:
 
 @dataclass(frozen=True)
 class _Row:
-    pod: PodTemplate
+    pod: PodTemplate | Workload
     report: ContainerReport
+    count: int = 1
+    """Live audit: how many of the workload's pods have this container in this state."""
+    pod_name: str | None = None
+    """Live audit with -o wide: the pod."""
 
     def as_json(self) -> dict[str, Any]:
         report = self.report
-        return {
+        fields = {
             "namespace": self.pod.namespace,
             "kind": self.pod.kind,
             "name": self.pod.name,
@@ -332,20 +377,34 @@ class _Row:
             "reason": report.reason,
             "file": self.pod.file,
         }
+        if isinstance(self.pod, Workload):  # the live audit's additions
+            fields["count"] = self.count
+        return fields
 
 
 def _audit(options: argparse.Namespace) -> int:
-    inputs = _inputs(options)
-    rows = [
-        _Row(pod, report)
-        for pod in inputs.manifests.pods
-        for report in _evaluate(pod, inputs.governing(pod))
-    ]
+    live: LiveResult | None = None
+    if options.cluster:
+        live = audit_cluster(
+            context=options.context,
+            namespace=options.namespace,
+            selector=options.selector,
+            wide=options.output == "wide",
+            policies=load_policy_files(options.policies) or None,
+        )
+        rows = [_Row(row.workload, row.report, row.count, row.pod) for row in live.rows]
+    else:
+        inputs = _inputs(options)
+        rows = [
+            _Row(pod, report)
+            for pod in inputs.manifests.pods
+            for report in _evaluate(pod, inputs.governing(pod))
+        ]
     if options.output == "json":
         json.dump([row.as_json() for row in rows], sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_table(rows, sys.stdout)
+        _print_table(rows, sys.stdout, live)
     sys.stdout.flush()
     return EXIT_FAILING if any(row.report.state in FAILING_STATES for row in rows) else EXIT_OK
 
@@ -378,13 +437,16 @@ def _paint(text: str, code: str, colour: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if colour and code else text
 
 
-def _print_table(rows: list[_Row], out: TextIO) -> None:
+def _print_table(rows: list[_Row], out: TextIO, live: LiveResult | None = None) -> None:
     colour = _use_colour(out)
     if not rows:
-        print("No pod specs found.", file=out)
+        print("No pod specs found." if live is None else "No pods found.", file=out)
         return
-    cells = [_cells(row) for row in rows]
-    widths = [max(len(line[i]) for line in [list(_HEADERS), *cells]) for i in range(len(_HEADERS))]
+    headers = list(_HEADERS)
+    if live is not None:  # after WORKLOAD: the pod count, or with -o wide the pod
+        headers.insert(2, "POD" if any(row.pod_name for row in rows) else "PODS")
+    cells = [_cells(row, live is not None) for row in rows]
+    widths = [max(len(line[i]) for line in [headers, *cells]) for i in range(len(headers))]
 
     def line(values: Sequence[str], codes: Sequence[str]) -> str:
         padded = [
@@ -393,15 +455,15 @@ def _print_table(rows: list[_Row], out: TextIO) -> None:
         ]
         return "  ".join(padded).rstrip()
 
-    print(line(_HEADERS, ["1"] * len(_HEADERS)), file=out)
-    state_column = _HEADERS.index("STATE")
+    print(line(headers, ["1"] * len(headers)), file=out)
+    state_column = headers.index("STATE")
     for row, values in zip(rows, cells, strict=True):
         codes = [""] * len(values)
         codes[state_column] = _STATE_COLOURS.get(row.report.state, "")
         print(line(values, codes), file=out)
 
     print(file=out)
-    print(_summary(rows), file=out)
+    print(_summary(rows) if live is None else _live_summary(rows, live), file=out)
     attention = [row for row in rows if row.report.state in NONCOMPLIANT_STATES]
     if attention:
         print(file=out)
@@ -409,10 +471,14 @@ def _print_table(rows: list[_Row], out: TextIO) -> None:
         for row in attention:
             state = _paint(row.report.state.value, _STATE_COLOURS[row.report.state], colour)
             where = f"{row.pod.namespace}/{row.pod.kind}/{row.pod.name}"
+            if row.pod_name is not None:
+                where += f" pod {row.pod_name}"
+            elif live is not None:
+                where += f" ({row.count} pod{'s' if row.count != 1 else ''})"
             print(f"  {where} {row.report.container}: {state}: {row.report.reason}", file=out)
 
 
-def _cells(row: _Row) -> list[str]:
+def _cells(row: _Row, live: bool = False) -> list[str]:
     report = row.report
     container = f"{report.container} (init)" if report.init else report.container
     if report.source is None:
@@ -423,9 +489,11 @@ def _cells(row: _Row) -> list[str]:
         current = f"<{report.source}>"
     else:
         current = f"{report.gomemlimit} ({report.source})"
+    pods = [row.pod_name or str(row.count)] if live else []
     return [
         row.pod.namespace,
         f"{row.pod.kind}/{row.pod.name}",
+        *pods,
         container,
         _human_bytes(report.memory_limit_bytes),
         current,
@@ -459,6 +527,23 @@ def _summary(rows: list[_Row]) -> str:
     verdict = f"{failing} failing" if failing else "none failing"
     return (
         f"{len(rows)} {noun} in {pods} pod spec{'s' if pods != 1 else ''}: "
+        f"{', '.join(parts)} ({verdict})"
+    )
+
+
+def _live_summary(rows: list[_Row], live: LiveResult) -> str:
+    """:func:`_summary` for the live audit: containers counted in every pod they run in."""
+    counts: Counter[State] = Counter()
+    for row in rows:
+        counts[row.report.state] += row.count
+    containers = sum(counts.values())
+    parts = [f"{counts[state]} {state.value}" for state in State if counts[state]]
+    failing = sum(counts[state] for state in FAILING_STATES)
+    verdict = f"{failing} failing" if failing else "none failing"
+    return (
+        f"{containers} container{'s' if containers != 1 else ''} in {live.pods} "
+        f"pod{'s' if live.pods != 1 else ''} of {live.workloads} "
+        f"workload{'s' if live.workloads != 1 else ''} (context {live.context}): "
         f"{', '.join(parts)} ({verdict})"
     )
 

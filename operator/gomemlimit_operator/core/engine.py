@@ -61,27 +61,34 @@ __all__ = [
     "FAILING_STATES",
     "NONCOMPLIANT_STATES",
     "Bounds",
+    "ContainerExplanation",
     "ContainerFacts",
     "ContainerReport",
     "Expectation",
+    "Explanation",
+    "LimitSource",
     "MutationPlan",
     "MutationResult",
     "PodFacts",
     "PodTooLarge",
+    "PolicyChoice",
     "SpecError",
     "State",
+    "ValueSteps",
     "check_bounds",
     "container_state",
     "evaluate_container",
     "evaluate_facts",
     "evaluate_pod",
     "expected_gomemlimit",
+    "explain_pod",
     "gomemlimit_for",
     "governing_policy",
     "governs",
     "mutate_pod",
     "plan_mutation",
     "pod_facts",
+    "precedence",
 ]
 
 ANNOTATION_INJECTED: Final = "gomemlimit.io/injected"
@@ -164,7 +171,28 @@ class Expectation:
     """Why there is no value, and how to fix it; None when there is one."""
 
 
-def gomemlimit_for(limit_bytes: int, spec: GoMemPolicySpec) -> Expectation:
+@dataclass(frozen=True, slots=True)
+class ValueSteps:
+    """The intermediate numbers of one run of :func:`gomemlimit_for`, recorded by it when a
+    ``trace`` list is passed (``gomemlimit explain``); exact integers and a Fraction."""
+
+    limit_bytes: int
+    ratio: Fraction
+    kept: int
+    """floor(L * ratio)."""
+    raw_headroom: int
+    """L - kept."""
+    min_headroom: int | None
+    after_min: int
+    """The headroom after ``minHeadroom`` raised it (the raw headroom when it did not)."""
+    max_headroom: int | None
+    headroom: int
+    """The headroom after both clamps: the value before rounding is L - headroom."""
+
+
+def gomemlimit_for(
+    limit_bytes: int, spec: GoMemPolicySpec, trace: list[ValueSteps] | None = None
+) -> Expectation:
     """The value contract, and the one gate every GOMEMLIMIT this project writes passes.
 
     headroom = L - floor(L * ratio), clamped to [minHeadroom, maxHeadroom];
@@ -172,7 +200,9 @@ def gomemlimit_for(limit_bytes: int, spec: GoMemPolicySpec) -> Expectation:
 
     The value is then read back with Go's own rules (``parse_byte_count``). It is returned
     only when Go reads it as exactly the intended bytes, at most MaxInt64, and below the
-    limit; otherwise there is no value, and ``problem`` says why.
+    limit; otherwise there is no value, and ``problem`` says why. With ``trace``, the
+    intermediate numbers are appended to it as one :class:`ValueSteps` (not for a limit
+    beyond the ceiling, where nothing is computed).
     """
     if limit_bytes > CEILING:
         return Expectation(
@@ -181,12 +211,16 @@ def gomemlimit_for(limit_bytes: int, spec: GoMemPolicySpec) -> Expectation:
             "GOMEMLIMIT can express (Go's maximum is 8EiB); set a real memory limit",
         )
     ratio = Fraction(spec.ratio)  # exact: Decimal -> Fraction, no binary float
-    headroom = limit_bytes - math.floor(limit_bytes * ratio)
+    kept = math.floor(limit_bytes * ratio)
+    headroom = raw = limit_bytes - kept
     low, high = spec.min_headroom_bytes, spec.max_headroom_bytes
     if low is not None:
         headroom = max(headroom, low)
+    after_min = headroom
     if high is not None:
         headroom = min(headroom, high)
+    if trace is not None:
+        trace.append(ValueSteps(limit_bytes, ratio, kept, raw, low, after_min, high, headroom))
     mebibytes = (limit_bytes - headroom) // MIB
     if mebibytes < 1:
         left = max(limit_bytes - headroom, 0)
@@ -219,12 +253,14 @@ def governing_policy(
     pod_labels: Mapping[str, str],
     namespace_labels: Mapping[str, str],
     policies: Iterable[Policy],
+    scopes: list[list[Policy]] | None = None,
 ) -> Policy | None:
     """Exactly one policy, or none, governs a pod.
 
     A GoMemPolicy in the pod's namespace that selects it beats every
     ClusterGoMemPolicy; within a scope the highest priority wins, then the
-    lexically smallest name.
+    lexically smallest name (:func:`precedence`). With ``scopes``, the candidates are
+    appended to it: the namespaced ones that select the pod, then the cluster ones.
     """
     namespaced: list[Policy] = []
     cluster: list[Policy] = []
@@ -238,10 +274,17 @@ def governing_policy(
             and matches_selector(policy.spec.selector, pod_labels)
         ):
             cluster.append(policy)
+    if scopes is not None:
+        scopes += (namespaced, cluster)
     for candidates in (namespaced, cluster):
         if candidates:
-            return min(candidates, key=lambda p: (-p.spec.priority, p.name))
+            return min(candidates, key=precedence)
     return None
+
+
+def precedence(policy: Policy) -> tuple[int, str]:
+    """The order within one scope: the smallest key governs (highest priority, then name)."""
+    return -policy.spec.priority, policy.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,7 +577,14 @@ def evaluate_container(
     facts: ContainerFacts, pod_policy: Policy | None, opted_out: bool
 ) -> ContainerReport:
     """The state of one container under the policy that governs its pod (or None)."""
-    policy, expectation, state, reason = _judge(facts, pod_policy, opted_out)
+    return _report(facts, _judge(facts, pod_policy, opted_out))
+
+
+def _report(
+    facts: ContainerFacts,
+    judged: tuple[Policy | None, Expectation, State, Callable[[], str]],
+) -> ContainerReport:
+    policy, expectation, state, reason = judged
     return ContainerReport(
         facts, expectation.value, state, None if policy is None else policy.ref, reason()
     )
@@ -550,15 +600,19 @@ def container_state(
 
 
 def _judge(
-    facts: ContainerFacts, pod_policy: Policy | None, opted_out: bool
+    facts: ContainerFacts,
+    pod_policy: Policy | None,
+    opted_out: bool,
+    trace: list[ValueSteps] | None = None,
 ) -> tuple[Policy | None, Expectation, State, Callable[[], str]]:
-    """The one decision behind every state; the reason is formatted only when asked for."""
+    """The one decision behind every state; the reason is formatted only when asked for.
+    ``trace`` is handed to :func:`gomemlimit_for` (``explain_pod``)."""
     policy = pod_policy if governs(pod_policy, facts.name, facts.init) else None
     limit = facts.memory_limit_bytes
     value, source, ours = facts.gomemlimit, facts.source, facts.injected
     expectation = Expectation(None)
     if policy is not None and limit is not None:
-        expectation = gomemlimit_for(limit, policy.spec)
+        expectation = gomemlimit_for(limit, policy.spec, trace)
     expected = expectation.value
 
     def verdict(
@@ -828,3 +882,231 @@ def _map_operations(path: str, old: Any, new: Any) -> list[dict[str, Any]]:
 def _pointer(key: str) -> str:
     """One JSON Pointer reference token (RFC 6901)."""
     return key.replace("~", "~0").replace("/", "~1")
+
+
+# --- explain: the same evaluation, with its steps recorded -----------------------------------
+
+ANNOTATION_LIMIT_RANGER: Final = "kubernetes.io/limit-ranger"
+"""Set by the API server's LimitRanger admission plugin on a pod whose defaults it filled in:
+``LimitRanger plugin set: memory limit for container app; ...``."""
+
+
+class LimitSource(enum.StrEnum):
+    """Where a container's memory limit comes from."""
+
+    CONTAINER = "container"
+    """The container's own ``resources.limits.memory``."""
+    LIMIT_RANGE = "limitRange"
+    """The container's ``resources.limits.memory``, filled in at creation from a LimitRange
+    default (the pod's ``kubernetes.io/limit-ranger`` annotation says so). The engine reads
+    the pod as admitted; it never applies LimitRanges itself."""
+    POD = "pod"
+    """The pod-level ``spec.resources.limits.memory``, for a container without its own."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChoice:
+    """Which policy governs a pod, chosen by :func:`governing_policy`, and from what."""
+
+    winner: Policy | None
+    namespaced: tuple[Policy, ...]
+    """GoMemPolicies of the pod's namespace that select the pod, in :func:`precedence` order."""
+    cluster: tuple[Policy, ...]
+    """ClusterGoMemPolicies that select the pod and its namespace, in precedence order."""
+    passed_over: tuple[tuple[Policy, str], ...]
+    """Every other policy, with why it does not select the pod."""
+
+    @property
+    def scope(self) -> str | None:
+        """``namespaced``, ``cluster``, or None when no policy governs the pod."""
+        if self.winner is None:
+            return None
+        return "namespaced" if self.namespaced else "cluster"
+
+    def why(self, policy: Policy) -> str:
+        """Why a candidate wins, or loses to the winner."""
+        winner = self.winner
+        assert winner is not None
+        scope = self.namespaced or self.cluster
+        if policy is winner:
+            parts = []
+            if self.namespaced:
+                parts.append("a GoMemPolicy in the pod's namespace selects the pod")
+                if self.cluster:
+                    parts.append(
+                        "it beats every ClusterGoMemPolicy "
+                        f"({len(self.cluster)} of them select the pod too)"
+                    )
+            else:
+                parts.append("no GoMemPolicy in the pod's namespace selects the pod")
+            if len(scope) == 1:
+                parts.append("the only candidate in its scope")
+            else:
+                runner_up = scope[1]
+                if runner_up.spec.priority < winner.spec.priority:
+                    parts.append(
+                        f"the highest priority: {winner.spec.priority} > "
+                        f"{runner_up.spec.priority} ({runner_up.ref})"
+                    )
+                else:
+                    tied = sum(p.spec.priority == winner.spec.priority for p in scope)
+                    parts.append(
+                        f"{tied} candidates tie at priority {winner.spec.priority}; "
+                        "the lexically smallest name wins"
+                    )
+            return "; ".join(parts)
+        if policy not in scope:
+            return "a GoMemPolicy in the pod's namespace selects the pod: namespaced beats cluster"
+        if policy.spec.priority < winner.spec.priority:
+            return f"lower priority: {policy.spec.priority} < {winner.spec.priority}"
+        return (
+            f"the same priority, {policy.spec.priority}, and {winner.name!r} sorts "
+            f"before {policy.name!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerExplanation:
+    """One container's evaluation, step by step. ``report`` is exactly what
+    :func:`evaluate_pod` gives for it; the other fields say how it came about."""
+
+    report: ContainerReport
+    path: str
+    """``spec.containers[0]``."""
+    coverage: str
+    """Why the pod's policy governs this container, or why not."""
+    limit_source: LimitSource | None
+    limit_path: str | None
+    """The field the limit was read from, e.g. ``spec.containers[0].resources.limits.memory``."""
+    steps: ValueSteps | None
+    """The value contract's numbers, when a governing policy computed a value from a limit."""
+    problem: str | None
+    """Why the governing policy yields no value for this limit, when it yields none."""
+    env_path: str | None
+    """The env entry Kubernetes uses for GOMEMLIMIT (the last of that name), when there is one."""
+    env_from: bool
+    """The container has ``envFrom``, whose GOMEMLIMIT, if any, the spec cannot show."""
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """A whole pod: the policy choice, the opt-out, and each container in spec order."""
+
+    choice: PolicyChoice
+    opted_out: bool
+    containers: tuple[ContainerExplanation, ...]
+
+
+def explain_pod(
+    metadata: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    policies: Iterable[Policy],
+    prefix: str = "spec",
+    bounds: Bounds = DEFAULT_BOUNDS,
+) -> Explanation:
+    """:func:`governing_policy` and :func:`evaluate_pod` for one pod, with their steps.
+
+    Not a second implementation: it runs the same functions (``governing_policy``,
+    ``pod_facts``' readers, ``_judge`` and ``gomemlimit_for``), asking them to record what
+    they did. Raises what :func:`evaluate_pod` raises.
+    """
+    policies = list(policies)
+    annotations = metadata.get("annotations") or {}
+    labels = {str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}
+    scopes: list[list[Policy]] = []
+    winner = governing_policy(namespace, labels, namespace_labels, policies, scopes)
+    namespaced, cluster = (tuple(sorted(scope, key=precedence)) for scope in scopes)
+    chosen = {id(p) for p in (*namespaced, *cluster)}
+    passed_over = tuple(
+        (p, _why_not_selected(p, namespace, labels, namespace_labels))
+        for p in policies
+        if id(p) not in chosen
+    )
+    choice = PolicyChoice(winner, namespaced, cluster, passed_over)
+
+    injected = _injected(annotations)
+    opted_out = _opted_out(annotations)
+    pod = _Pod.of(spec, prefix, bounds)
+    defaulted = _limit_range_defaults(annotations)
+    containers = []
+    for slot in pod.slots:
+        facts = _container_facts(slot, pod, injected)
+        trace: list[ValueSteps] = []
+        judged = _judge(facts, winner, opted_out, trace)
+        report = _report(facts, judged)
+        source, path = _limit_source(slot, pod, defaulted)
+        env = _env(slot, GOMEMLIMIT, pod)
+        governed = judged[0] is not None and facts.memory_limit_bytes is not None
+        problem = judged[1].problem if governed else None
+        containers.append(
+            ContainerExplanation(
+                report,
+                slot.path,
+                _coverage(winner, slot),
+                source,
+                path,
+                trace[0] if trace else None,
+                problem,
+                None if env is None else f"{slot.path}.env[{env.index}]",
+                bool(slot.container.get("envFrom")),
+            )
+        )
+    return Explanation(choice, opted_out, tuple(containers))
+
+
+def _why_not_selected(
+    policy: Policy, namespace: str, pod_labels: Mapping[str, str], ns_labels: Mapping[str, str]
+) -> str:
+    if policy.kind == NAMESPACED_KIND and policy.namespace != namespace:
+        return f"a GoMemPolicy of namespace {policy.namespace}, not of the pod's ({namespace})"
+    if policy.kind == CLUSTER_KIND and not matches_selector(policy.namespace_selector, ns_labels):
+        return f"its namespaceSelector does not match namespace {namespace}'s labels"
+    if not matches_selector(policy.spec.selector, pod_labels):
+        return "its selector does not match the pod's labels"
+    return f"not a policy kind the engine knows ({policy.kind})"
+
+
+def _coverage(policy: Policy | None, slot: _Slot) -> str:
+    if policy is None:
+        return "no policy governs the pod"
+    patterns = policy.spec.containers
+    globs = "every container" if patterns is None else f"containers {json.dumps(patterns)}"
+    if slot.init and not policy.spec.include_init_containers:
+        return "an init container, and the policy does not set includeInitContainers"
+    if not governs(policy, slot.name, slot.init):
+        return f"the name {slot.name!r} does not match the policy's {globs}"
+    return f"governed: the policy covers {globs}"
+
+
+def _limit_range_defaults(annotations: Mapping[str, Any]) -> frozenset[str]:
+    """``container NAME`` / ``init container NAME`` whose memory limit LimitRanger set.
+
+    The annotation lists ``<resources> <request|limit> for <container|init container>
+    <name>`` items, ``; `` separated, after ``LimitRanger plugin set: ``.
+    """
+    text = str(annotations.get(ANNOTATION_LIMIT_RANGER) or "")
+    _, _, items = text.partition(": ")
+    found = set()
+    for item in items.split("; "):
+        resources, sep, target = item.partition(" limit for ")
+        if sep and "memory" in (r.strip() for r in resources.split(",")):
+            found.add(target.strip())
+    return frozenset(found)
+
+
+def _limit_source(
+    slot: _Slot, pod: _Pod, defaulted: frozenset[str]
+) -> tuple[LimitSource | None, str | None]:
+    """Which field :func:`_limit` read (it reads the container's, then the pod's)."""
+    keys = ("resources", "limits", "memory")
+    if _quantity_at(slot.container, keys, slot.path) is not None:
+        kind = "init container" if slot.init else "container"
+        source = (
+            LimitSource.LIMIT_RANGE if f"{kind} {slot.name}" in defaulted else LimitSource.CONTAINER
+        )
+        return source, f"{slot.path}.resources.limits.memory"
+    if _quantity_at(pod.spec, keys, pod.prefix) is not None:
+        return LimitSource.POD, f"{pod.prefix}.resources.limits.memory"
+    return None, None

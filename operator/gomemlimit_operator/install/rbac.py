@@ -20,11 +20,14 @@ from typing import Any, Final
 from gomemlimit_operator.core import api
 
 __all__ = [
+    "AUDIT_READER_NAME",
+    "AUDIT_READER_RULES",
     "LEASE_NAME",
     "RULES",
     "Name",
     "Rule",
     "Scope",
+    "audit_reader_cluster_role",
     "cluster_role",
     "policy_rules",
     "role",
@@ -183,4 +186,51 @@ def role(
         "kind": "Role",
         "metadata": {"name": name, "namespace": namespace},
         "rules": policy_rules(Scope.NAMESPACE, names, manage_certificates=manage_certificates),
+    }
+
+
+AUDIT_READER_NAME: Final = "gomemlimit-audit-reader"
+"""The ClusterRole a person (or a CI job) needs for ``gomemlimit audit --cluster``."""
+
+AUDIT_READER_RULES: Final[tuple[Rule, ...]] = (
+    Rule(Scope.CLUSTER, "", ("pods",), ("list",), "the pods to audit, listed in pages"),
+    Rule(
+        Scope.CLUSTER,
+        "",
+        ("namespaces",),
+        ("get", "list"),
+        "namespace labels for ClusterGoMemPolicy namespaceSelectors (get with -n)",
+    ),
+    Rule(Scope.CLUSTER, api.GROUP, _POLICY_RESOURCES, ("list",), "the policies that govern pods"),
+    Rule(
+        Scope.CLUSTER,
+        "apps",
+        ("replicasets",),
+        ("list",),
+        "grouping: the Deployment that owns a pod's ReplicaSet (metadata only)",
+    ),
+    Rule(
+        Scope.CLUSTER,
+        "batch",
+        ("jobs",),
+        ("list",),
+        "grouping: the CronJob that owns a pod's Job (metadata only)",
+    ),
+)
+"""Everything the live audit reads, and nothing else: no Secret, no ConfigMap, no write."""
+
+
+def audit_reader_cluster_role(name: str = AUDIT_READER_NAME) -> dict[str, Any]:
+    """The read-only ClusterRole of ``gomemlimit audit --cluster`` (deploy/audit-reader/)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/name": "gomemlimit-operator"},
+            "annotations": {
+                "gomemlimit.io/purpose": "read-only access for `gomemlimit audit --cluster`"
+            },
+        },
+        "rules": [rule_dict(rule, {}) for rule in AUDIT_READER_RULES],
     }
