@@ -231,5 +231,5 @@ def test_explain_errors_exit_2_without_a_traceback(cluster: ControlPlane, namesp
     )
     bad_context = gomemlimit(cluster, "explain", "pod/nope", "--context", "no-such-context")
     assert bad_context.returncode == 2
-    assert "cannot use the kubeconfig" in bad_context.stderr
+    assert "no context named 'no-such-context'" in bad_context.stderr
     assert "Traceback" not in missing.stderr + bad_context.stderr

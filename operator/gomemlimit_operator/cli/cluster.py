@@ -46,6 +46,7 @@ from gomemlimit_operator.core.selectors import namespace_labels
 
 __all__ = [
     "PAGE",
+    "Api",
     "ClusterError",
     "LiveAudit",
     "LiveResult",
@@ -54,6 +55,8 @@ __all__ = [
     "Workload",
     "audit_cluster",
     "controller_of",
+    "read_namespaces",
+    "read_policies",
 ]
 
 PAGE: Final = 500
@@ -246,22 +249,38 @@ def _isatty(stream: TextIO) -> bool:
 # --- the API server ------------------------------------------------------------------------
 
 
-class _Api:
-    """The few LISTs the audit makes, paged, each refusal turned into a :class:`ClusterError`."""
+class Api:
+    """The reads of the live audit and of ``explain``: paged LISTs and GETs, each refusal
+    turned into a :class:`ClusterError` (exit 2, one line) that names what was refused."""
 
-    def __init__(self, context: str | None) -> None:
+    def __init__(
+        self,
+        context: str | None,
+        kubeconfig: str | None = None,
+        *,
+        forbidden_hint: str = f"bind the read-only ClusterRole {AUDIT_READER} ({ROLE_FILE})",
+    ) -> None:
+        self.forbidden_hint = forbidden_hint
+        """What a 403 should tell the user to do."""
         from kubernetes import client
-        from kubernetes import config as kubeconfig
+        from kubernetes import config as kube_config
         from kubernetes.config.config_exception import ConfigException
 
-        config: Any = kubeconfig  # untyped
+        config: Any = kube_config  # untyped
 
-        path = os.environ.get("KUBECONFIG") or "~/.kube/config"  # may list several, with ":"
+        # $KUBECONFIG may list several files, with ":"
+        path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         try:
             contexts, active = config.list_kube_config_contexts(config_file=path)
-            if context is not None and context not in {c["name"] for c in contexts}:
+            chosen = next((c for c in contexts if c["name"] == context), None)
+            if context is not None and chosen is None:
                 raise ClusterError(f"kubeconfig {path}: no context named {context!r}")
-            self.context = context or str(active["name"])
+            chosen = chosen or active
+            self.context = str(chosen["name"])
+            self.default_namespace = str(
+                (chosen.get("context") or {}).get("namespace") or "default"
+            )
+            """The context's namespace, else ``default`` (as kubectl)."""
             self.client = config.new_client_from_config(config_file=path, context=self.context)
         except ClusterError:
             raise
@@ -297,6 +316,16 @@ class _Api:
         finally:
             response.release_conn()
 
+    def get(self, what: str, function: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
+        """One object, or None when it does not exist (404)."""
+        try:
+            found = self.call(what, function, *args)
+        except ClusterError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found if isinstance(found, dict) else None
+
     def _refused(self, what: str, exc: Any) -> ClusterError:
         message = _api_message(exc)
         where = f"context {self.context}"
@@ -305,8 +334,8 @@ class _Api:
             text = f"{where}: the API server rejected the credentials: {message}"
         elif status == 403:
             text = (
-                f"{where}: forbidden: {message}. The live audit needs permission to {what}: "
-                f"bind the read-only ClusterRole {AUDIT_READER} ({ROLE_FILE})"
+                f"{where}: forbidden: {message}. This needs permission to {what}: "
+                f"{self.forbidden_hint}"
             )
         else:
             text = f"{where}: cannot {what}: {exc.status} {message}"
@@ -342,7 +371,7 @@ def _scope(namespace: str | None) -> str:
     return "at the cluster scope" if namespace is None else f"in namespace {namespace}"
 
 
-def _namespaces(api: _Api, namespace: str | None) -> dict[str, dict[str, str]]:
+def read_namespaces(api: Api, namespace: str | None) -> dict[str, dict[str, str]]:
     def labels(obj: Mapping[str, Any]) -> dict[str, str]:
         return {
             str(k): str(v) for k, v in ((obj.get("metadata") or {}).get("labels") or {}).items()
@@ -360,8 +389,9 @@ def _namespaces(api: _Api, namespace: str | None) -> dict[str, dict[str, str]]:
     return found
 
 
-def _policies(api: _Api, namespace: str | None, warn: Callable[[str], None]) -> list[Policy]:
-    """The cluster's valid policies; an invalid one is ignored, as the operator ignores it."""
+def read_policies(api: Api, namespace: str | None, warn: Callable[[str], None]) -> list[Policy]:
+    """The cluster's valid policies (the namespaced ones of ``namespace``, or of all); an
+    invalid one is ignored, as the operator ignores it."""
     version = API_VERSION.rpartition("/")[2]
     policies: list[Policy] = []
     sources: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
@@ -399,7 +429,7 @@ def _policies(api: _Api, namespace: str | None, warn: Callable[[str], None]) -> 
 
 
 def _owners(
-    api: _Api, wanted: Mapping[str, set[tuple[str, str]]], namespace: str | None
+    api: Api, wanted: Mapping[str, set[tuple[str, str]]], namespace: str | None
 ) -> dict[_Key, tuple[str, str]]:
     """(namespace, ReplicaSet|Job, name) -> the owner's (kind, name), for those ``wanted``."""
     listers = {
@@ -449,11 +479,11 @@ def audit_cluster(
     def warn(message: str) -> None:
         print(message, file=err)
 
-    api = _Api(context)
+    api = Api(context)
     try:
-        namespaces = _namespaces(api, namespace)
+        namespaces = read_namespaces(api, namespace)
         if policies is None:
-            policies = _policies(api, namespace, warn)
+            policies = read_policies(api, namespace, warn)
             if not policies:
                 warn(
                     f"note: no {NAMESPACED_KIND} or {CLUSTER_KIND} in context {api.context}: "

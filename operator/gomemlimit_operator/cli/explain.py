@@ -5,8 +5,8 @@ runs the engine's own evaluation and records its steps; this module only finds t
 (in manifests with ``-f``, or in a cluster through the kubeconfig), renders the steps as text
 or JSON, and turns the state into a command to run.
 
-Reading a cluster needs the Kubernetes client, imported only then: the offline commands
-never pay for it.
+A cluster is read through ``cli.cluster.Api``, as for ``audit --cluster``: the Kubernetes
+client is imported only then, so the offline commands never pay for it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Final, Protocol, TextIO
 
+from gomemlimit_operator.cli.cluster import (
+    Api,
+    ClusterError,
+    controller_of,
+    read_namespaces,
+    read_policies,
+)
 from gomemlimit_operator.cli.manifests import ManifestError, ManifestSet
-from gomemlimit_operator.core.api import Mode, Policy, PolicyError, parse_policy
+from gomemlimit_operator.core.api import Mode, Policy
 from gomemlimit_operator.core.engine import (
     ANNOTATION_SKIP,
     ContainerExplanation,
@@ -35,10 +42,8 @@ from gomemlimit_operator.core.goruntime import GOMEMLIMIT, parse_byte_count
 from gomemlimit_operator.core.quantity import MIB
 from gomemlimit_operator.core.selectors import namespace_labels
 
-__all__ = ["ClusterError", "PodSubject", "add_parser", "explanation_json", "render_text"]
+__all__ = ["PodSubject", "add_parser", "explanation_json", "render_text"]
 
-API_GROUP: Final = "gomemlimit.io"
-API_VERSION: Final = "v1alpha1"
 RESTARTABLE: Final = frozenset({"Deployment", "StatefulSet", "DaemonSet"})
 """Workloads that ``kubectl rollout restart`` recreates pods of."""
 SETTABLE: Final = RESTARTABLE | {"CronJob"}
@@ -64,10 +69,6 @@ explains every pod spec in the manifests, or only KIND/NAME.
 Exit status 0 once explained (whatever the states: `audit` is the gate), 2 for bad
 input, a pod that is not found, or a cluster that refuses or cannot be reached.
 """
-
-
-class ClusterError(ManifestError):
-    """The cluster cannot give what ``explain`` needs: exit status 2, one line, no traceback."""
 
 
 class OfflineInputs(Protocol):
@@ -269,153 +270,50 @@ def _live(options: argparse.Namespace) -> Explained:
             f"explain: {options.target!r}: only pods are read from a cluster "
             "(explain pod/NAME); use -f for workload manifests"
         )
-    with _Cluster.connect(options.kubeconfig, options.context) as cluster:
-        namespace = options.namespace or cluster.default_namespace
-        pod = cluster.get(
-            f"/api/v1/namespaces/{namespace}/pods/{name}", f"pod/{name} in namespace {namespace}"
-        )
+    warnings: list[str] = []
+    api = Api(options.context, options.kubeconfig, forbidden_hint=_FORBIDDEN_HINT)
+    try:
+        namespace = options.namespace or api.default_namespace
+        where = f"pod/{name} in namespace {namespace}"
+        pod = api.get(f"get {where}", api.core.read_namespaced_pod, name, namespace)
+        if pod is None:
+            raise ClusterError(f"explain: {where} not found")
         metadata = pod.get("metadata") or {}
         spec = pod.get("spec")
         if not isinstance(spec, Mapping):
-            raise ClusterError(f"pod/{name} in namespace {namespace} has no spec")
-        workload = _workload(cluster, namespace, metadata)
-        ns_labels = cluster.namespace_labels(namespace)
-        policies = cluster.policies(namespace)
+            raise ClusterError(f"explain: {where} has no spec")
+        workload = _workload(api, namespace, metadata)
+        labels = read_namespaces(api, namespace).get(namespace, {})
+        policies = read_policies(api, namespace, warnings.append)
+    finally:
+        api.close()
+        for warning in warnings:
+            print(warning, file=sys.stderr)
     subject = PodSubject(namespace, "Pod", name, metadata, spec, "spec", workload)
-    return _explain(subject, ns_labels, policies, where=f"pod/{name} in namespace {namespace}")
+    return _explain(subject, namespace_labels(namespace, labels), policies, where=where)
 
 
-def _controller(metadata: Mapping[str, Any]) -> tuple[str, str] | None:
-    for owner in metadata.get("ownerReferences") or ():
-        if isinstance(owner, Mapping) and owner.get("controller"):
-            return str(owner.get("kind")), str(owner.get("name"))
-    return None
+_FORBIDDEN_HINT: Final = (
+    "explain reads the pod, its ReplicaSet or Job, its namespace, and the policies "
+    "(get pods, replicasets, jobs, namespaces; list gomempolicies, clustergomempolicies)"
+)
 
 
-def _workload(
-    cluster: _Cluster, namespace: str, metadata: Mapping[str, Any]
-) -> tuple[str, str] | None:
+def _workload(api: Api, namespace: str, metadata: Mapping[str, Any]) -> tuple[str, str] | None:
     """The object whose template the pod comes from: its controller, and the controller's
     controller for a ReplicaSet (a Deployment) or a Job (a CronJob), when the cluster says."""
-    owner = _controller(metadata)
-    parents = {"ReplicaSet": ("apis/apps/v1", "replicasets"), "Job": ("apis/batch/v1", "jobs")}
-    if owner is None or owner[0] not in parents:
+    owner = controller_of(metadata)
+    if owner is None or owner[0] not in ("ReplicaSet", "Job"):
         return owner
-    group, plural = parents[owner[0]]
-    path = f"/{group}/namespaces/{namespace}/{plural}/{owner[1]}"
-    parent = cluster.get_optional(path)
-    grandparent = None if parent is None else _controller(parent.get("metadata") or {})
+    kind, name = owner
+    read = (
+        api.apps.read_namespaced_replica_set
+        if kind == "ReplicaSet"
+        else api.batch.read_namespaced_job
+    )
+    parent = api.get(f"get {kind} {name} in namespace {namespace}", read, name, namespace)
+    grandparent = None if parent is None else controller_of(parent.get("metadata") or {})
     return grandparent or owner
-
-
-class _Cluster:
-    """The few reads ``explain`` needs, as raw JSON (camelCase, as the webhook sees pods)."""
-
-    def __init__(self, api: Any, default_namespace: str) -> None:
-        """``api``: a ``kubernetes.client.ApiClient`` (imported only when a cluster is read)."""
-        self.api, self.default_namespace = api, default_namespace
-        self.warnings: list[str] = []
-
-    @classmethod
-    def connect(cls, kubeconfig: str | None, context: str | None) -> _Cluster:
-        from kubernetes import config as kube_config
-        from kubernetes.config.config_exception import ConfigException
-
-        config: Any = kube_config  # untyped
-        try:
-            api = config.new_client_from_config(config_file=kubeconfig, context=context)
-            contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
-        except (ConfigException, OSError, ValueError, TypeError) as exc:
-            raise ClusterError(f"explain: cannot use the kubeconfig: {exc}") from None
-        chosen = next((c for c in contexts if c.get("name") == context), active)
-        namespace = str((chosen or {}).get("context", {}).get("namespace") or "default")
-        return cls(api, namespace)
-
-    def __enter__(self) -> _Cluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.api.close()
-        for warning in self.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-
-    def _request(self, path: str) -> tuple[int, Any]:
-        """(HTTP status, the parsed body) of a GET; the body is the reason when not 200."""
-        from kubernetes.client import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            request = self.api.param_serialize(
-                "GET",
-                path,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-            )
-            response = self.api.call_api(*request, _request_timeout=15)
-            data = response.read()
-        except ApiException as exc:
-            return int(exc.status or 0), str(exc.reason or "").strip()
-        except (HTTPError, OSError) as exc:
-            host = self.api.configuration.host
-            raise ClusterError(f"explain: cannot reach the API server at {host}: {exc}") from None
-        if response.status != 200:
-            return int(response.status), str(response.reason or "").strip()
-        try:
-            return 200, json.loads(data)
-        except ValueError as exc:
-            raise ClusterError(f"explain: {path}: the API server sent no JSON: {exc}") from None
-
-    def get(self, path: str, what: str) -> dict[str, Any]:
-        status, body = self._request(path)
-        if status == 200 and isinstance(body, dict):
-            return body
-        if status == 404:
-            raise ClusterError(f"explain: {what} not found")
-        if status in (401, 403):
-            raise ClusterError(f"explain: reading {what} is forbidden ({status} {body})")
-        raise ClusterError(f"explain: reading {what}: {status} {body}")
-
-    def get_optional(self, path: str) -> dict[str, Any] | None:
-        """An object, or None (with a warning unless it is simply gone)."""
-        status, body = self._request(path)
-        if status == 200 and isinstance(body, dict):
-            return body
-        if status != 404:
-            self.warnings.append(f"{path}: {status} {body}")
-        return None
-
-    def namespace_labels(self, namespace: str) -> dict[str, str]:
-        found = self.get_optional(f"/api/v1/namespaces/{namespace}")
-        if found is None:
-            self.warnings.append(
-                f"namespace {namespace}'s labels are unknown; ClusterGoMemPolicy "
-                "namespaceSelectors see only kubernetes.io/metadata.name"
-            )
-            return namespace_labels(namespace)
-        labels = (found.get("metadata") or {}).get("labels") or {}
-        return namespace_labels(namespace, {str(k): str(v) for k, v in labels.items()})
-
-    def policies(self, namespace: str) -> list[Policy]:
-        """Valid policies only: an invalid one governs nothing (as for the operator)."""
-        base = f"/apis/{API_GROUP}/{API_VERSION}"
-        lists = (
-            (f"{base}/namespaces/{namespace}/gomempolicies", "GoMemPolicies"),
-            (f"{base}/clustergomempolicies", "ClusterGoMemPolicies"),
-        )
-        policies: list[Policy] = []
-        for path, what in lists:
-            status, body = self._request(path)
-            if status != 200 or not isinstance(body, dict):
-                problem = "the CRD is not installed" if status == 404 else f"{status} {body}"
-                self.warnings.append(f"cannot list {what} ({problem}); explaining without them")
-                continue
-            for item in body.get("items") or ():
-                item = {"apiVersion": f"{API_GROUP}/{API_VERSION}", **item}
-                try:
-                    policies.append(parse_policy(item, namespace))
-                except PolicyError as exc:
-                    self.warnings.append(f"{exc} (invalid: it governs nothing)")
-        return policies
 
 
 # --- next steps ------------------------------------------------------------------------------
