@@ -872,13 +872,13 @@ class Sampler:
 # (label, frames that must all be on the stack: (function, part of the file name))
 SAMPLE_MARKERS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("webhook requests (aiohttp, TLS)", (("_handle_request", "aiohttp/web_protocol"),)),
-    ("  our lean route (ServingWebhookServer._serve)", (("_serve", "runtime/webhook"),)),
+    ("  our server's handler (WebhookServer._handle)", (("_handle", "runtime/webhook_server"),)),
     ("    PodWebhook.review", (("review", "runtime/webhook"),)),
     ("      of which admit()", (("admit", "runtime/webhook"),)),
     ("      of which logging", (("review", "runtime/webhook"), ("", "logging/__init__"))),
     (
         "    of which our metrics",
-        (("_serve", "runtime/webhook"), ("", "prometheus_client")),
+        (("_handle", "runtime/webhook_server"), ("", "prometheus_client")),
     ),
     ("pod and policy watch events (kopf)", (("process_resource_event", "kopf/"),)),
     ("  our pod watcher (PodWatcher.handle)", (("handle", "runtime/watcher"),)),
